@@ -1,0 +1,494 @@
+//! Finding the API key in a request: every place the contract allows, in its
+//! order of precedence, with ambiguity treated as an error rather than a guess.
+
+use crate::config::{Config, Source};
+
+/// The key a request carries and where it was found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub key: String,
+    pub source: Source,
+}
+
+/// Why a request gets a 401 before any callout. The texts are safe to send
+/// to the client: they never contain key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    Missing,
+    Conflicting,
+    Empty,
+    TooLong,
+    Malformed,
+    UnsupportedScheme,
+}
+
+impl CredentialError {
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Missing => "API key required: set MLFLOW_TRACKING_TOKEN to your Hokusai API key",
+            Self::Conflicting => "the request carries more than one different API key",
+            Self::Empty => "the API key is empty",
+            Self::TooLong => "the API key is too long",
+            Self::Malformed => "the API key contains characters an API key cannot have",
+            Self::UnsupportedScheme => {
+                "unsupported Authorization scheme: use Bearer, ApiKey or Basic"
+            }
+        }
+    }
+
+    /// A short, stable name for logs and stats.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Conflicting => "conflicting",
+            Self::Empty => "empty",
+            Self::TooLong => "too_long",
+            Self::Malformed => "malformed",
+            Self::UnsupportedScheme => "unsupported_scheme",
+        }
+    }
+}
+
+/// Where credentials can sit in a request, as read from its headers.
+#[derive(Default, Debug)]
+pub struct Presented<'a> {
+    pub authorization: Vec<&'a [u8]>,
+    pub x_api_key: Vec<&'a [u8]>,
+    /// The raw query string, without the `?`.
+    pub query: Option<&'a str>,
+}
+
+/// The query parameter that may carry a key.
+pub const QUERY_PARAM: &str = "api_key";
+
+/// Finds the one key a request carries, or says why there is none to use.
+pub fn extract(p: &Presented<'_>, cfg: &Config) -> Result<Credential, CredentialError> {
+    let mut found: Option<Credential> = None;
+    let mut first_error: Option<CredentialError> = None;
+    let mut offer = |source: Source, candidate: Result<String, CredentialError>| {
+        if !cfg.accepts(source) {
+            return;
+        }
+        match candidate.and_then(|k| check(k, cfg.max_key_length)) {
+            Ok(key) => match &found {
+                None => found = Some(Credential { key, source }),
+                Some(f) if f.key == key => {}
+                Some(_) => first_error = Some(CredentialError::Conflicting),
+            },
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    };
+
+    // Authorization values are sorted by scheme precedence so that the
+    // reported source follows the contract whatever the header order.
+    let mut auth: Vec<(Source, Result<String, CredentialError>)> = p
+        .authorization
+        .iter()
+        .map(|v| parse_authorization(v))
+        .collect();
+    auth.sort_by_key(|(s, _)| precedence(*s));
+    let unsupported = auth
+        .iter()
+        .any(|(_, r)| *r == Err(CredentialError::UnsupportedScheme));
+    for (source, candidate) in auth {
+        if candidate != Err(CredentialError::UnsupportedScheme) {
+            offer(source, candidate);
+        }
+    }
+    for v in &p.x_api_key {
+        offer(Source::XApiKey, bytes_to_key(v));
+    }
+    if let Some(q) = p.query {
+        for value in query_values(q, QUERY_PARAM) {
+            offer(Source::Query, value);
+        }
+    }
+
+    match (first_error, found) {
+        (Some(e), _) => Err(e),
+        (None, Some(c)) => Ok(c),
+        (None, None) if unsupported => Err(CredentialError::UnsupportedScheme),
+        (None, None) => Err(CredentialError::Missing),
+    }
+}
+
+fn precedence(s: Source) -> u8 {
+    match s {
+        Source::Bearer => 0,
+        Source::ApiKey => 1,
+        Source::Basic => 2,
+        Source::XApiKey => 3,
+        Source::Query => 4,
+    }
+}
+
+/// The characters of RFC 7235 token68, which covers every Hokusai key.
+fn is_key_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn check(key: String, max: usize) -> Result<String, CredentialError> {
+    if key.is_empty() {
+        Err(CredentialError::Empty)
+    } else if key.len() > max {
+        Err(CredentialError::TooLong)
+    } else if !key.bytes().all(is_key_char) {
+        Err(CredentialError::Malformed)
+    } else {
+        Ok(key)
+    }
+}
+
+fn bytes_to_key(v: &[u8]) -> Result<String, CredentialError> {
+    let t = trim(v);
+    String::from_utf8(t.to_vec()).map_err(|_| CredentialError::Malformed)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    v.get(start..end).unwrap_or_default()
+}
+
+fn parse_authorization(v: &[u8]) -> (Source, Result<String, CredentialError>) {
+    let v = trim(v);
+    let (scheme, rest) = match v.iter().position(|b| *b == b' ' || *b == b'\t') {
+        Some(i) => (
+            v.get(..i).unwrap_or_default(),
+            v.get(i..).unwrap_or_default(),
+        ),
+        None => (v, &b""[..]),
+    };
+    let rest = trim(rest);
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        (Source::Bearer, bytes_to_key(rest))
+    } else if scheme.eq_ignore_ascii_case(b"apikey") {
+        (Source::ApiKey, bytes_to_key(rest))
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        (Source::Basic, basic_password(rest))
+    } else {
+        (Source::Bearer, Err(CredentialError::UnsupportedScheme))
+    }
+}
+
+/// The MLflow client sends MLFLOW_TRACKING_USERNAME/PASSWORD as Basic; the
+/// password is the key and the username is ignored.
+fn basic_password(token: &[u8]) -> Result<String, CredentialError> {
+    let decoded = base64_decode(token).ok_or(CredentialError::Malformed)?;
+    let colon = decoded
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or(CredentialError::Malformed)?;
+    let password = decoded.get(colon + 1..).unwrap_or_default();
+    String::from_utf8(password.to_vec()).map_err(|_| CredentialError::Malformed)
+}
+
+fn base64_value(c: u8) -> Option<u32> {
+    Some(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    } as u32)
+}
+
+/// Standard-alphabet base64, padding optional.
+fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let body = match input.iter().position(|b| *b == b'=') {
+        Some(i) => {
+            let (body, pad) = input.split_at(i);
+            if pad.len() > 2 || pad.iter().any(|b| *b != b'=') || !input.len().is_multiple_of(4) {
+                return None;
+            }
+            body
+        }
+        None => input,
+    };
+    if body.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() * 3 / 4);
+    for chunk in body.chunks(4) {
+        let mut acc: u32 = 0;
+        for (i, c) in chunk.iter().enumerate() {
+            acc |= base64_value(*c)? << (18 - 6 * i as u32);
+        }
+        let bytes = acc.to_be_bytes();
+        let n = chunk.len() - 1;
+        out.extend_from_slice(bytes.get(1..1 + n)?);
+    }
+    Some(out)
+}
+
+/// Every decoded value of parameter `name` in a query string.
+pub fn query_values<'q>(
+    query: &'q str,
+    name: &'q str,
+) -> impl Iterator<Item = Result<String, CredentialError>> + 'q {
+    query.split('&').filter_map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if param_name_is(k, name) {
+            Some(percent_decode(v).ok_or(CredentialError::Malformed))
+        } else {
+            None
+        }
+    })
+}
+
+/// Compares a raw (possibly percent-encoded) parameter name with `name`, so
+/// that `api%5Fkey` is recognised as the key parameter too.
+pub fn param_name_is(raw: &str, name: &str) -> bool {
+    if raw == name {
+        return true;
+    }
+    raw.contains('%') && percent_decode(raw).as_deref() == Some(name)
+}
+
+/// Form-style decoding: `%XX` and `+` for space; None for bad escapes or
+/// non-UTF-8 results.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hi = (*b.get(i + 1)? as char).to_digit(16)?;
+                let lo = (*b.get(i + 2)? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::parse(br#"{"auth": {"cluster": "a", "service_id": "platform"}}"#).unwrap()
+    }
+
+    fn run(
+        auth: &[&str],
+        xkey: &[&str],
+        query: Option<&str>,
+    ) -> Result<Credential, CredentialError> {
+        let p = Presented {
+            authorization: auth.iter().map(|s| s.as_bytes()).collect(),
+            x_api_key: xkey.iter().map(|s| s.as_bytes()).collect(),
+            query,
+        };
+        extract(&p, &cfg())
+    }
+
+    fn ok(key: &str, source: Source) -> Result<Credential, CredentialError> {
+        Ok(Credential {
+            key: key.into(),
+            source,
+        })
+    }
+
+    #[test]
+    fn every_location_is_found() {
+        assert_eq!(
+            run(&["Bearer hk_test_a"], &[], None),
+            ok("hk_test_a", Source::Bearer)
+        );
+        assert_eq!(
+            run(&["bEaReR   hk_test_a  "], &[], None),
+            ok("hk_test_a", Source::Bearer)
+        );
+        assert_eq!(
+            run(&["ApiKey hk_test_a"], &[], None),
+            ok("hk_test_a", Source::ApiKey)
+        );
+        assert_eq!(
+            run(&["APIKEY hk_test_a"], &[], None),
+            ok("hk_test_a", Source::ApiKey)
+        );
+        assert_eq!(
+            run(&[], &["hk_test_a"], None),
+            ok("hk_test_a", Source::XApiKey)
+        );
+        assert_eq!(
+            run(&[], &[], Some("a=1&api_key=hk_test_a&b=2")),
+            ok("hk_test_a", Source::Query)
+        );
+        assert_eq!(
+            run(&[], &[], Some("api%5Fkey=hk_test_a")),
+            ok("hk_test_a", Source::Query)
+        );
+        // base64("mlflow-user:hk_test_a")
+        assert_eq!(
+            run(&["Basic bWxmbG93LXVzZXI6aGtfdGVzdF9h"], &[], None),
+            ok("hk_test_a", Source::Basic)
+        );
+    }
+
+    #[test]
+    fn same_key_in_several_places_is_fine_and_precedence_names_the_source() {
+        assert_eq!(
+            run(&["Bearer hk_1"], &["hk_1"], Some("api_key=hk_1")),
+            ok("hk_1", Source::Bearer)
+        );
+        assert_eq!(
+            run(&["ApiKey hk_a", "Bearer hk_a"], &[], None),
+            ok("hk_a", Source::Bearer)
+        );
+        assert_eq!(
+            run(&[], &["hk_a"], Some("api_key=hk_a")),
+            ok("hk_a", Source::XApiKey)
+        );
+    }
+
+    #[test]
+    fn two_different_keys_are_refused() {
+        for (a, x, q) in [
+            (&["Bearer hk_a"][..], &[][..], Some("api_key=hk_b")),
+            (&["Bearer hk_a"], &["hk_b"], None),
+            (&["Bearer hk_a", "Bearer hk_b"], &[], None),
+            (&[], &["hk_a", "hk_b"], None),
+            (&[], &[], Some("api_key=hk_a&api_key=hk_b")),
+            (&["Basic dTpoa19i"], &["hk_a"], None), // u:hk_b
+        ] {
+            assert_eq!(
+                run(a, x, q),
+                Err(CredentialError::Conflicting),
+                "{a:?} {x:?} {q:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_keys_are_refused_without_guessing() {
+        assert_eq!(run(&[], &[], None), Err(CredentialError::Missing));
+        assert_eq!(run(&[], &[], Some("x=1")), Err(CredentialError::Missing));
+        assert_eq!(run(&["Bearer"], &[], None), Err(CredentialError::Empty));
+        assert_eq!(run(&["Bearer   "], &[], None), Err(CredentialError::Empty));
+        assert_eq!(run(&[], &[""], None), Err(CredentialError::Empty));
+        assert_eq!(run(&[], &[], Some("api_key=")), Err(CredentialError::Empty));
+        assert_eq!(
+            run(&["Bearer a\u{1}b"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&["Bearer a b"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&["Bearer a,Bearer b"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&["Bearer ключ"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&[], &[], Some("api_key=%ZZ")),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&[], &[], Some("api_key=a+b")),
+            Err(CredentialError::Malformed)
+        );
+        let long = format!("Bearer {}", "k".repeat(257));
+        assert_eq!(run(&[&long], &[], None), Err(CredentialError::TooLong));
+        assert_eq!(
+            run(&["Digest abc"], &[], None),
+            Err(CredentialError::UnsupportedScheme)
+        );
+        assert_eq!(
+            run(&["Bearer hk_a", "Token x"], &[], None),
+            ok("hk_a", Source::Bearer)
+        );
+        // A bad value anywhere spoils the request even beside a good key.
+        assert_eq!(
+            run(&["Bearer hk_a"], &["bad key"], None),
+            Err(CredentialError::Malformed)
+        );
+    }
+
+    #[test]
+    fn basic_uses_only_the_password() {
+        // base64("hk_test_a:") — the key in the username is not a credential.
+        assert_eq!(
+            run(&["Basic aGtfdGVzdF9hOg=="], &[], None),
+            Err(CredentialError::Empty)
+        );
+        // no colon
+        assert_eq!(
+            run(&["Basic aGtfdGVzdF9h"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&["Basic !!!!"], &[], None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            run(&["Basic Zg="], &[], None),
+            Err(CredentialError::Malformed)
+        );
+    }
+
+    #[test]
+    fn disabled_sources_are_ignored() {
+        let cfg = Config::parse(
+            br#"{"auth": {"cluster": "a", "service_id": "p"}, "credentials": {"sources": ["bearer"]}}"#,
+        )
+        .unwrap();
+        let p = Presented {
+            authorization: vec![],
+            x_api_key: vec![b"hk_a"],
+            query: Some("api_key=hk_b"),
+        };
+        assert_eq!(extract(&p, &cfg), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(base64_decode(b"").unwrap(), b"");
+        assert_eq!(base64_decode(b"Zg==").unwrap(), b"f");
+        assert_eq!(base64_decode(b"Zm8=").unwrap(), b"fo");
+        assert_eq!(base64_decode(b"Zm9v").unwrap(), b"foo");
+        assert_eq!(base64_decode(b"Zm9vYg").unwrap(), b"foob");
+        assert_eq!(base64_decode(b"Zm9vYmE=").unwrap(), b"fooba");
+        assert!(base64_decode(b"Z").is_none());
+        assert!(base64_decode(b"Zg=a").is_none());
+        assert!(base64_decode(b"Zg===").is_none());
+    }
+
+    #[test]
+    fn messages_never_need_the_key() {
+        for e in [
+            CredentialError::Missing,
+            CredentialError::Conflicting,
+            CredentialError::Empty,
+            CredentialError::TooLong,
+            CredentialError::Malformed,
+            CredentialError::UnsupportedScheme,
+        ] {
+            assert!(!e.message().is_empty() && !e.reason().is_empty());
+        }
+    }
+}

@@ -1,0 +1,661 @@
+//! The request state machine against a fake host: every decision the filter
+//! makes, checked through the hostcalls it issues.
+
+use crate::config::Config;
+use crate::filter::{Flow, Shared, Stream};
+use crate::host::{Host, Level};
+use crate::metrics::Counter;
+use crate::reply::Reply;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+const KEY: &str = "hk_test_SECRETKEYVALUE0123456789";
+
+type Headers = Vec<(String, Vec<u8>)>;
+type Callout = (u32, Vec<(String, String)>, Vec<u8>);
+
+#[derive(Default)]
+struct FakeHost {
+    ctx: Cell<u32>,
+    headers: RefCell<HashMap<u32, Headers>>,
+    replies: RefCell<HashMap<u32, Reply>>,
+    resumed: RefCell<Vec<u32>>,
+    response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
+    dispatched: RefCell<Vec<Callout>>,
+    callout: RefCell<(Option<u16>, Vec<u8>)>,
+    shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    now: Cell<u64>,
+    logs: RefCell<Vec<String>>,
+    counts: RefCell<HashMap<Counter, u64>>,
+    refuse_dispatch: Cell<bool>,
+    gone: RefCell<HashSet<u32>>,
+}
+
+impl Host for FakeHost {
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.headers
+            .borrow()
+            .get(&self.ctx.get())
+            .cloned()
+            .unwrap_or_default()
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let mut all = self.headers.borrow_mut();
+        let h = all.entry(self.ctx.get()).or_default();
+        h.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            h.push((name.to_string(), v.as_bytes().to_vec()));
+        }
+    }
+    fn add_response_header(&self, name: &str, value: &str) {
+        self.response_headers
+            .borrow_mut()
+            .entry(self.ctx.get())
+            .or_default()
+            .push((name.into(), value.into()));
+    }
+    fn send_reply(&self, reply: &Reply) {
+        let previous = self
+            .replies
+            .borrow_mut()
+            .insert(self.ctx.get(), reply.clone());
+        assert!(previous.is_none(), "two replies for one stream");
+    }
+    fn resume_request(&self) {
+        self.resumed.borrow_mut().push(self.ctx.get());
+    }
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        assert_eq!(cluster, "hokusai_auth");
+        assert_eq!(timeout, Duration::from_millis(1000));
+        if self.refuse_dispatch.get() {
+            return None;
+        }
+        let h = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut d = self.dispatched.borrow_mut();
+        d.push((self.ctx.get(), h, body.to_vec()));
+        Some(d.len() as u32)
+    }
+    fn callout_reply(&self, _body_size: usize, _max: usize) -> (Option<u16>, Vec<u8>) {
+        self.callout.borrow().clone()
+    }
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.borrow().get(key) {
+            Some((v, cas)) => (Some(v.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut s = self.shared.borrow_mut();
+        let current = s.get(key).map_or(0, |(_, c)| *c);
+        if let Some(c) = cas {
+            if c != current {
+                return false;
+            }
+        }
+        s.insert(key.to_string(), (value.to_vec(), current + 1));
+        true
+    }
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+    fn peer_address(&self) -> Option<String> {
+        Some("127.0.0.1:40000".into())
+    }
+    fn log(&self, _level: Level, message: &str) {
+        self.logs.borrow_mut().push(message.to_string());
+    }
+    fn count(&self, counter: Counter) {
+        *self.counts.borrow_mut().entry(counter).or_default() += 1;
+    }
+    fn record_callout_latency(&self, _ms: u64) {}
+    fn switch_to(&self, context_id: u32) -> bool {
+        if self.gone.borrow().contains(&context_id) {
+            return false;
+        }
+        self.ctx.set(context_id);
+        true
+    }
+}
+
+impl FakeHost {
+    fn header(&self, ctx: u32, name: &str) -> Option<String> {
+        self.headers.borrow().get(&ctx).and_then(|h| {
+            h.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        })
+    }
+    fn status(&self, ctx: u32) -> Option<u32> {
+        self.replies.borrow().get(&ctx).map(|r| r.status)
+    }
+    fn count_of(&self, c: Counter) -> u64 {
+        self.counts.borrow().get(&c).copied().unwrap_or(0)
+    }
+    fn calls(&self) -> usize {
+        self.dispatched.borrow().len()
+    }
+    fn answer(&self, status: Option<u16>, body: &str) {
+        *self.callout.borrow_mut() = (status, body.as_bytes().to_vec());
+    }
+}
+
+struct Rig {
+    host: FakeHost,
+    shared: Rc<Shared>,
+    next: Cell<u32>,
+}
+
+const RW: &str = r#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 1000}"#;
+const RO: &str = r#"{"user_id": "u_2", "key_id": "k_2", "scopes": ["mlflow:read"]}"#;
+
+impl Rig {
+    fn new(extra: &str) -> Rig {
+        let json = format!(
+            r#"{{"auth": {{"cluster": "hokusai_auth", "service_id": "platform"}}{extra}}}"#
+        );
+        let cfg = Config::parse(json.as_bytes()).unwrap();
+        Rig {
+            host: FakeHost::default(),
+            shared: Rc::new(Shared::new(cfg).unwrap()),
+            next: Cell::new(10),
+        }
+    }
+
+    /// Starts a request; returns its context id, stream and the flow.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u32, Rc<RefCell<Stream>>, Flow) {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let mut h = vec![
+            (":method".to_string(), method.as_bytes().to_vec()),
+            (":path".to_string(), path.as_bytes().to_vec()),
+            (":authority".to_string(), b"gateway".to_vec()),
+        ];
+        h.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+        );
+        self.host.headers.borrow_mut().insert(id, h);
+        self.host.ctx.set(id);
+        let stream = Stream::new(id, Rc::clone(&self.shared));
+        let flow = stream.borrow_mut().on_request_headers(&self.host);
+        (id, stream, flow)
+    }
+
+    fn bearer(&self, path: &str) -> (u32, Rc<RefCell<Stream>>, Flow) {
+        self.request("POST", path, &[("authorization", &format!("Bearer {KEY}"))])
+    }
+
+    /// Delivers the callout reply to the stream that made it.
+    fn reply(&self, id: u32, stream: &Rc<RefCell<Stream>>, status: Option<u16>, body: &str) {
+        self.host.answer(status, body);
+        self.host.ctx.set(id);
+        stream.borrow_mut().on_callout_reply(&self.host, body.len());
+    }
+
+    fn done(&self, id: u32, stream: &Rc<RefCell<Stream>>) {
+        self.host.ctx.set(id);
+        stream.borrow_mut().on_done(&self.host);
+    }
+
+    fn assert_no_key_anywhere(&self) {
+        let needle = &KEY[8..20];
+        for (ctx, h) in self.host.headers.borrow().iter() {
+            for (k, v) in h {
+                assert!(
+                    !String::from_utf8_lossy(v).contains(needle),
+                    "ctx {ctx} header {k} carries the key"
+                );
+            }
+        }
+        for l in self.host.logs.borrow().iter() {
+            assert!(!l.contains(needle), "log carries the key: {l}");
+        }
+        for r in self.host.replies.borrow().values() {
+            assert!(!r.body.contains(needle));
+        }
+        for k in self.host.shared.borrow().keys() {
+            assert!(!k.contains(needle));
+        }
+    }
+}
+
+const RUNS_CREATE: &str = "/api/mlflow/api/2.0/mlflow/runs/create";
+const EXP_SEARCH: &str = "/api/mlflow/api/2.0/mlflow/experiments/search";
+
+#[test]
+fn miss_calls_out_then_the_hit_does_not() {
+    let rig = Rig::new("");
+    let (id, s, flow) = rig.bearer(RUNS_CREATE);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(rig.host.calls(), 1);
+    {
+        let d = rig.host.dispatched.borrow();
+        let (_, headers, body) = &d[0];
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(get(":method").as_deref(), Some("POST"));
+        assert_eq!(get(":path").as_deref(), Some("/api/v1/keys/validate"));
+        assert_eq!(get("authorization"), Some(format!("Bearer {KEY}")));
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"service_id": "platform", "client_ip": "127.0.0.1"})
+        );
+    }
+    assert_eq!(
+        rig.host.header(id, "authorization"),
+        None,
+        "credential stripped before the verdict"
+    );
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[id]);
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-user-id").as_deref(),
+        Some("u_1")
+    );
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-api-key-id").as_deref(),
+        Some("k_1")
+    );
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/api/2.0/mlflow/runs/create")
+    );
+
+    let (id2, _, flow) = rig.bearer(RUNS_CREATE);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.calls(), 1, "cache hit makes no callout");
+    assert_eq!(
+        rig.host.header(id2, "x-hokusai-user-id").as_deref(),
+        Some("u_1")
+    );
+    assert_eq!(rig.host.count_of(Counter::CacheHit), 1);
+    assert_eq!(rig.host.count_of(Counter::CacheMiss), 1);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn positive_verdicts_expire_after_the_ttl() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    rig.host.now.set(59_999);
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    rig.host.now.set(60_000);
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Pause);
+    assert_eq!(rig.host.calls(), 2);
+}
+
+#[test]
+fn invalid_keys_get_401_and_are_negatively_cached() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(
+        id,
+        &s,
+        Some(401),
+        r#"{"detail": "API key registered for 'website' not 'platform'"}"#,
+    );
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("UNAUTHENTICATED") && r.body.contains("'platform'"));
+    assert!(
+        !r.body.contains("website"),
+        "never echo the key service's body"
+    );
+    assert!(r.headers.iter().any(|(k, _)| *k == "www-authenticate"));
+    assert!(rig.host.resumed.borrow().is_empty());
+
+    let (id2, _, flow) = rig.bearer(EXP_SEARCH);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(rig.host.status(id2), Some(401));
+    assert_eq!(rig.host.calls(), 1, "negative cache");
+    rig.host.now.set(10_000);
+    rig.bearer(EXP_SEARCH);
+    assert_eq!(rig.host.calls(), 2, "negative TTL is shorter");
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn unavailable_gets_503_and_is_never_cached() {
+    for (status, body) in [
+        (None, ""),
+        (Some(500), r#"{"detail": "boom"}"#),
+        (Some(200), "not json"),
+        (Some(200), "[1, 2]"),
+        (Some(200), r#"{"user_id": 7}"#),
+        (Some(403), "{}"),
+    ] {
+        let rig = Rig::new("");
+        let (id, s, _) = rig.bearer(EXP_SEARCH);
+        rig.reply(id, &s, status, body);
+        let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+        assert_eq!(r.status, 503, "{status:?} {body}");
+        assert!(r.headers.contains(&("retry-after", "1".into())));
+        assert!(r.body.contains("TEMPORARILY_UNAVAILABLE"));
+        rig.bearer(EXP_SEARCH);
+        assert_eq!(rig.host.calls(), 2, "not cached: {status:?} {body}");
+    }
+}
+
+#[test]
+fn key_service_429_is_passed_on() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(429), r#"{"detail": "slow down"}"#);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains(&("retry-after", "60".into())));
+}
+
+#[test]
+fn refused_dispatch_is_503_at_once() {
+    let rig = Rig::new("");
+    rig.host.refuse_dispatch.set(true);
+    let (id, _, flow) = rig.bearer(EXP_SEARCH);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(rig.host.status(id), Some(503));
+    assert_eq!(rig.host.count_of(Counter::CalloutErrorDispatch), 1);
+}
+
+#[test]
+fn concurrent_misses_share_one_callout() {
+    let rig = Rig::new("");
+    let (lead, ls, _) = rig.bearer(RUNS_CREATE);
+    let (w1, _s1, f1) = rig.bearer(EXP_SEARCH);
+    let (w2, _s2, f2) = rig.request(
+        "GET",
+        "/mlflow/api/2.0/mlflow/runs/get?run_id=1",
+        &[("x-api-key", KEY)],
+    );
+    assert_eq!((f1, f2), (Flow::Pause, Flow::Pause));
+    assert_eq!(rig.host.calls(), 1);
+    rig.reply(lead, &ls, Some(200), RW);
+    let mut resumed = rig.host.resumed.borrow().clone();
+    resumed.sort();
+    assert_eq!(resumed, vec![lead, w1, w2]);
+    for id in [lead, w1, w2] {
+        assert_eq!(
+            rig.host.header(id, "x-hokusai-user-id").as_deref(),
+            Some("u_1")
+        );
+    }
+    assert_eq!(
+        rig.host.header(w2, ":path").as_deref(),
+        Some("/api/2.0/mlflow/runs/get?run_id=1")
+    );
+    assert_eq!(rig.host.count_of(Counter::SingleFlightWait), 2);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn waiters_get_their_own_policy_decision() {
+    let rig = Rig::new("");
+    let (lead, ls, _) = rig.bearer(EXP_SEARCH);
+    let (w, _ws, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(lead, &ls, Some(200), RO);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[lead]);
+    assert_eq!(rig.host.status(w), Some(403));
+}
+
+#[test]
+fn a_dead_leader_does_not_strand_its_waiters() {
+    let rig = Rig::new("");
+    let (lead, ls, _) = rig.bearer(EXP_SEARCH);
+    let (w, _ws, _) = rig.bearer(EXP_SEARCH);
+    rig.done(lead, &ls);
+    assert_eq!(rig.host.status(w), Some(503));
+    assert_eq!(rig.host.count_of(Counter::SingleFlightAbandoned), 1);
+    // The next request starts a fresh callout.
+    rig.bearer(EXP_SEARCH);
+    assert_eq!(rig.host.calls(), 2);
+}
+
+#[test]
+fn a_waiter_that_left_is_not_answered() {
+    let rig = Rig::new("");
+    let (lead, ls, _) = rig.bearer(EXP_SEARCH);
+    let (w, ws, _) = rig.bearer(EXP_SEARCH);
+    rig.done(w, &ws);
+    rig.reply(lead, &ls, Some(200), RW);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[lead]);
+    assert_eq!(rig.host.status(w), None);
+}
+
+#[test]
+fn public_paths_and_preflight_need_no_key_and_lose_spoofed_identity() {
+    let rig = Rig::new("");
+    let (id, _, flow) = rig.request(
+        "GET",
+        "/api/mlflow/health/mlflow",
+        &[("x-hokusai-user-id", "admin")],
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.header(id, ":path").as_deref(), Some("/health"));
+    assert_eq!(rig.host.header(id, "x-hokusai-user-id"), None);
+    let (id, _, flow) = rig.request(
+        "OPTIONS",
+        RUNS_CREATE,
+        &[("X-Hokusai-API-Key-Id".to_lowercase().as_str(), "k")],
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/api/2.0/mlflow/runs/create")
+    );
+    assert_eq!(rig.host.header(id, "x-hokusai-api-key-id"), None);
+    assert_eq!(rig.host.calls(), 0);
+    // Not a public path: only the exact path is.
+    let (id, _, _) = rig.request("GET", "/api/mlflow/health/mlflow/x", &[]);
+    assert_eq!(rig.host.status(id), Some(401));
+}
+
+#[test]
+fn spoofed_identity_is_replaced_on_allowed_requests() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.request(
+        "POST",
+        RUNS_CREATE,
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-hokusai-user-id", "someone-else"),
+        ],
+    );
+    assert_eq!(rig.host.header(id, "x-hokusai-user-id"), None);
+    rig.reply(id, &s, Some(200), r#"{"scopes": ["mlflow:write"]}"#);
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-user-id"),
+        None,
+        "no user id known: header stays absent"
+    );
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[id]);
+}
+
+#[test]
+fn missing_and_bad_credentials_get_401_without_a_callout() {
+    let rig = Rig::new("");
+    for headers in [
+        vec![],
+        vec![("authorization", "Bearer ")],
+        vec![("authorization", "Bearer a b")],
+        vec![("authorization", "Bearer hk_a"), ("x-api-key", "hk_b")],
+        vec![("authorization", "Digest x")],
+    ] {
+        let (id, _, flow) = rig.request("POST", EXP_SEARCH, &headers);
+        assert_eq!(flow, Flow::Pause);
+        assert_eq!(rig.host.status(id), Some(401), "{headers:?}");
+        assert_eq!(rig.host.header(id, "authorization"), None);
+        assert_eq!(rig.host.header(id, "x-api-key"), None);
+    }
+    assert_eq!(rig.host.calls(), 0);
+}
+
+#[test]
+fn query_key_is_removed_and_the_query_kept() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.request(
+        "GET",
+        &format!("/api/mlflow/api/2.0/mlflow/runs/get?run_id=7&api_key={KEY}&x=%20y"),
+        &[],
+    );
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/api/2.0/mlflow/runs/get?run_id=7&x=%20y")
+    );
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[id]);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn ajax_mapping_is_applied_when_configured() {
+    let rig = Rig::new(r#", "mlflow": {"ajax_api": true}"#);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/ajax-api/2.0/mlflow/experiments/search")
+    );
+    rig.reply(id, &s, Some(200), RO);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[id]);
+}
+
+#[test]
+fn ambiguous_paths_get_400() {
+    let rig = Rig::new("");
+    let (id, _, _) = rig.bearer("/api/mlflow/health/mlflow/../../api/2.0/mlflow/runs/create");
+    assert_eq!(rig.host.status(id), Some(400));
+    assert_eq!(rig.host.calls(), 0);
+}
+
+#[test]
+fn read_only_keys_can_read_but_not_write() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), RO);
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[id]);
+    let (id, _, _) = rig.bearer(RUNS_CREATE);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body.contains("PERMISSION_DENIED")
+            && r.body.contains("mlflow:write")
+            && r.body.contains("[mlflow:read]")
+    );
+}
+
+#[test]
+fn rate_limit_counts_per_key_and_reports_remaining() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(
+        id,
+        &s,
+        Some(200),
+        r#"{"key_id": "k_9", "rate_limit_per_hour": 2}"#,
+    );
+    rig.host.ctx.set(id);
+    s.borrow_mut().on_response_headers(&rig.host);
+    let rh = rig
+        .host
+        .response_headers
+        .borrow()
+        .get(&id)
+        .cloned()
+        .unwrap();
+    assert!(
+        rh.contains(&("x-ratelimit-remaining".into(), "1".into())),
+        "{rh:?}"
+    );
+    assert!(rh.contains(&("x-ratelimit-limit".into(), "2".into())));
+    assert_eq!(rig.bearer(EXP_SEARCH).2, Flow::Continue);
+    let (id, _, _) = rig.bearer(EXP_SEARCH);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains(&("x-ratelimit-remaining", "0".into())));
+    assert!(r.headers.iter().any(|(k, _)| *k == "retry-after"));
+}
+
+#[test]
+fn rate_limit_can_be_off() {
+    let rig = Rig::new(r#", "rate_limit": {"enabled": false}"#);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), r#"{"rate_limit_per_hour": 1}"#);
+    for _ in 0..3 {
+        assert_eq!(rig.bearer(EXP_SEARCH).2, Flow::Continue);
+    }
+}
+
+#[test]
+fn stale_if_error_serves_only_expired_positive_verdicts() {
+    let rig = Rig::new(r#", "cache": {"stale_if_error_seconds": 300}"#);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), RO);
+    rig.host.now.set(61_000);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, None, "");
+    assert!(
+        rig.host.resumed.borrow().contains(&id),
+        "stale verdict used during the outage"
+    );
+    assert_eq!(rig.host.count_of(Counter::CacheStaleServed), 1);
+    rig.host.now.set(61_000 + 300_000);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, None, "");
+    assert_eq!(rig.host.status(id), Some(503), "past the grace");
+}
+
+#[test]
+fn stale_if_error_is_off_by_default_and_never_for_401() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), RO);
+    rig.host.now.set(61_000);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, None, "");
+    assert_eq!(rig.host.status(id), Some(503));
+
+    let rig = Rig::new(r#", "cache": {"stale_if_error_seconds": 300}"#);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(401), "{}");
+    rig.host.now.set(11_000);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, None, "");
+    assert_eq!(rig.host.status(id), Some(503));
+}
+
+#[test]
+fn the_audit_line_names_the_key_by_id_only() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), RW);
+    rig.done(id, &s);
+    let logs = rig.host.logs.borrow().clone();
+    let line = logs
+        .iter()
+        .find(|l| l.contains("\"event\":\"hokusai_auth\""))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["verdict"], "allowed");
+    assert_eq!(v["key_id"], "k_1");
+    assert_eq!(v["user_id"], "u_1");
+    assert_eq!(v["cache"], "miss");
+    assert_eq!(v["path"], "/api/2.0/mlflow/experiments/search");
+    assert_eq!(v["key"].as_str().unwrap().len(), 8);
+    rig.assert_no_key_anywhere();
+}

@@ -1,0 +1,108 @@
+//! The proxy-wasm entry points: a root context per plugin configuration and
+//! an HTTP context per request, each a thin shell around `filter`.
+
+use crate::config::Config;
+use crate::filter::{Flow, Shared, Stream};
+use crate::host::Host;
+use crate::reply;
+use crate::wasm_host::{log_error, WasmHost};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+proxy_wasm::main! {{
+    std::panic::set_hook(Box::new(|info| {
+        log_error(&format!("hokusai-auth: panic, the VM will stop: {info}"));
+    }));
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None, host: None }));
+}}
+
+struct Root {
+    shared: Option<Rc<Shared>>,
+    host: Option<Rc<WasmHost>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes).and_then(Shared::new) {
+            Ok(shared) => {
+                self.shared = Some(Rc::new(shared));
+                self.host.get_or_insert_with(|| Rc::new(WasmHost::new()));
+                true
+            }
+            Err(e) => {
+                log_error(&format!("hokusai-auth: configuration rejected: {e}"));
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let host = self
+            .host
+            .clone()
+            .unwrap_or_else(|| Rc::new(WasmHost::new()));
+        let stream = self.shared.clone().map(|s| Stream::new(context_id, s));
+        Some(Box::new(Http { stream, host }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    /// None only if the configuration never loaded: every request is refused.
+    stream: Option<Rc<RefCell<Stream>>>,
+    host: Rc<WasmHost>,
+}
+
+impl Http {
+    fn with<R>(&self, f: impl FnOnce(&mut Stream, &WasmHost) -> R) -> Option<R> {
+        let stream = self.stream.as_ref()?;
+        let mut s = stream.try_borrow_mut().ok()?;
+        Some(f(&mut s, &self.host))
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(
+        &mut self,
+        _token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        self.with(|s, h| s.on_callout_reply(h, body_size));
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.with(|s, h| s.on_done(h));
+        true
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        match self.with(|s, h| s.on_request_headers(h)) {
+            Some(Flow::Continue) => Action::Continue,
+            Some(Flow::Pause) => Action::Pause,
+            None => {
+                self.host.send_reply(&reply::unavailable(
+                    "the authentication filter is not configured",
+                ));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.with(|s, h| s.on_response_headers(h));
+        Action::Continue
+    }
+}

