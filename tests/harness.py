@@ -274,11 +274,12 @@ class Envoy:
     def alive(self) -> bool:
         return self.proc.alive()
 
-    def rss_kb(self) -> int:
+    def memory_kb(self, field: str = "VmRSS") -> int:
+        """VmRSS (now) or VmHWM (peak) of the Envoy process, in KiB."""
         for line in Path(f"/proc/{self.proc.p.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-        return 0
+        raise RuntimeError(f"no {field} for Envoy")
 
     def stop(self):
         self.proc.stop()

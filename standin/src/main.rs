@@ -86,7 +86,25 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Gives SIGINT its default action back. A shell without job control starts
+/// `hokusai-standin ... &` with SIGINT ignored, and an ignored signal stays
+/// ignored across exec, so a script's `kill -INT` would do nothing. SIGTERM
+/// is never ignored that way.
+fn default_sigint() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGINT: i32 = 2;
+    const SIG_DFL: usize = 0;
+    // SAFETY: installs no handler, only the default disposition, before any
+    // other thread exists.
+    unsafe {
+        signal(SIGINT, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigint();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if matches!(args.first().map(String::as_str), Some("-h" | "--help")) {
         let _ = writeln!(std::io::stdout(), "{USAGE}");
