@@ -34,3 +34,5 @@ mod filter_tests;
 mod plugin;
 #[cfg(target_arch = "wasm32")]
 mod wasm_host;
+#[cfg(test)]
+mod fuzz_tests;
