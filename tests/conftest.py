@@ -30,6 +30,14 @@ def echo(workdir):
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def gw(workdir, echo, keysvc):
+    """Envoy with the local plugin config in front of the echo upstream."""
+    e = harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, name=f"envoy-gw-{id(object())}")
+    yield e
+    e.stop()
+
+
 @pytest.fixture
 def start_envoy(workdir, echo, keysvc):
     """Starts Envoy with the filter in front of the echo upstream."""

@@ -194,7 +194,8 @@ class Envoy:
     def __init__(self, workdir: Path, upstream_port: int, auth_port: int, config: dict | None = None,
                  upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
-                 auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0):
+                 auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
+                 extra_args: list[str] | None = None):
         if not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
         binary = envoy_binary()
@@ -223,7 +224,7 @@ class Envoy:
         self.proc = Proc(name, [
             str(binary), "-c", str(self.config_path), "--concurrency", str(concurrency),
             "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
-            "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v",
+            "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *(extra_args or []),
         ], workdir)
         self.log_path = self.proc.log_path
         try:

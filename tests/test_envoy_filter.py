@@ -40,13 +40,6 @@ def keys(keysvc):
     return Keys(keysvc)
 
 
-@pytest.fixture(scope="module")
-def gw(workdir, echo, keysvc):
-    e = harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, name="envoy-main")
-    yield e
-    e.stop()
-
-
 @pytest.fixture(autouse=True)
 def normal_mode(keysvc):
     keysvc.mode("normal")

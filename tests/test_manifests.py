@@ -1,0 +1,279 @@
+"""The deployment artefacts: every manifest in deploy/ against its CRD's
+schema, the cross-references between manifests, the production Envoy
+bootstrap in a real Envoy's validate mode, and the OCI image script.
+
+The CRDs come from ../shared/crds beside the repository (as in CI); if they
+are missing these tests fail, they do not skip."""
+
+import copy
+import json
+import re
+import string
+import subprocess
+import tarfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+import harness
+
+ROOT = harness.ROOT
+CRDS = ROOT.parent / "shared" / "crds"
+CRD_FILES = ["istio.yaml", "envoy-gateway-envoyextensionpolicies.yaml", "envoy-gateway-backends.yaml"]
+# Kinds in deploy/ with no CRD in shared/crds, each with what checks it instead.
+UNVALIDATED = {("gateway.envoyproxy.io", "EnvoyPatchPolicy"): "its cluster runs through envoy --mode validate"}
+PROD_PLUGIN_CONFIG = ROOT / "envoy-config/production-plugin-config.json"
+
+
+def strict(schema):
+    """The CRD schema as the API server applies it with strict field
+    validation (kubectl's default): fields the schema does not list are
+    errors, except where the schema keeps unknown fields."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if (out.get("type") == "object" and "properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd_schemas():
+    missing = [f for f in CRD_FILES if not (CRDS / f).is_file()]
+    assert not missing, f"CRD files missing from {CRDS}: {missing} (CI has shared/ beside the clone)"
+    schemas = {}
+    for f in CRD_FILES:
+        for crd in yaml.safe_load_all((CRDS / f).read_text()):
+            if not crd:
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for v in crd["spec"]["versions"]:
+                schema = strict(v["schema"]["openAPIV3Schema"])
+                # Every object has these; some CRDs leave them out of the schema.
+                schema["properties"] = {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                                        "metadata": {"type": "object", "required": ["name", "namespace"]},
+                                        **schema["properties"]}
+                schemas[(f"{group}/{v['name']}", kind)] = schema
+    return schemas
+
+
+def documents():
+    docs = []
+    for path in sorted((ROOT / "deploy").rglob("*.yaml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc:
+                docs.append((f"{path.relative_to(ROOT)}#{i}", doc))
+    return docs
+
+
+def by_kind(kind):
+    found = [doc for _, doc in documents() if doc["kind"] == kind]
+    assert found, f"no {kind} in deploy/"
+    return found
+
+
+def schema_errors(schema, doc):
+    v = jsonschema.Draft4Validator(schema)  # OpenAPI v3 schemas are draft-4 style
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in v.iter_errors(doc)]
+
+
+def cel_errors(doc):
+    """The CRDs' x-kubernetes-validations (CEL) rules that jsonschema cannot
+    run and these documents could break, written out by hand."""
+    spec, kind, errs = doc.get("spec", {}), doc["kind"], []
+    if kind == "WasmPlugin" and sum(k in spec for k in ("selector", "targetRef", "targetRefs")) > 1:
+        errs.append("only one of targetRefs or selector can be set")
+    if kind == "EnvoyExtensionPolicy":
+        if ("targetRef" in spec) == ("targetRefs" in spec) and not spec.get("targetSelectors"):
+            errs.append("either targetRef or targetRefs must be used")
+        for w in spec.get("wasm", []):
+            code = w["code"]
+            for t, field in (("Image", "image"), ("HTTP", "http")):
+                if (code["type"] == t) != (field in code):
+                    errs.append(f"If type is {t}, {field} field needs to be set.")
+    if kind == "Backend":
+        tls = spec.get("tls", {})
+        if tls.get("caCertificateRefs") and tls.get("wellKnownCACertificates"):
+            errs.append("must not contain both CACertificateRefs and WellKnownCACertificates")
+    if kind == "ServiceEntry" and spec.get("resolution", "NONE") == "NONE" and "endpoints" in spec:
+        errs.append("resolution NONE cannot have endpoints")
+    return errs
+
+
+def test_every_manifest_matches_its_crd(crd_schemas):
+    docs = documents()
+    kinds = {doc["kind"] for _, doc in docs}
+    assert {"WasmPlugin", "ServiceEntry", "DestinationRule", "EnvoyExtensionPolicy", "Backend"} <= kinds, kinds
+    problems = []
+    for at, doc in docs:
+        group = doc["apiVersion"].split("/")[0]
+        if (group, doc["kind"]) in UNVALIDATED:
+            continue
+        schema = crd_schemas.get((doc["apiVersion"], doc["kind"]))
+        if schema is None:
+            problems.append(f"{at}: no CRD for {doc['apiVersion']} {doc['kind']} in {CRDS}")
+            continue
+        problems += [f"{at}: {e}" for e in schema_errors(schema, doc) + cel_errors(doc)]
+    assert not problems, "\n".join(problems)
+
+
+def test_schema_check_catches_mistakes(crd_schemas):
+    """The check above would see a typo, a wrong enum and a misplaced field."""
+    wp = by_kind("WasmPlugin")[0]
+    schema = crd_schemas[(wp["apiVersion"], "WasmPlugin")]
+    assert not schema_errors(schema, wp)
+    for mutate, expect in [
+        (lambda d: d["spec"].update(failStrategy="FAIL_CLOSED"), "failStrategy"),
+        (lambda d: d["spec"].update(pluginconfig={}), "pluginconfig"),
+        (lambda d: d["spec"]["match"][0].update(ports=[{"port": 443}]), "port"),
+    ]:
+        bad = copy.deepcopy(wp)
+        mutate(bad)
+        assert any(expect in e for e in schema_errors(schema, bad)), expect
+    eep = by_kind("EnvoyExtensionPolicy")[0]
+    bad = copy.deepcopy(eep)
+    bad["spec"]["wasm"][0]["code"]["type"] = "OCI"
+    assert schema_errors(crd_schemas[(eep["apiVersion"], "EnvoyExtensionPolicy")], bad)
+
+
+def test_manifests_point_at_each_other():
+    """The cluster each plugin config names is the one its platform creates,
+    for the host and port the auth-service manifests declare."""
+    (se,), (dr,) = by_kind("ServiceEntry"), by_kind("DestinationRule")
+    host, (port,) = se["spec"]["hosts"][0], se["spec"]["ports"]
+    assert se["spec"]["resolution"] == "DNS" and port["number"] == 443
+    assert dr["spec"]["host"] == host and dr["metadata"]["namespace"] == se["metadata"]["namespace"]
+    tls = dr["spec"]["trafficPolicy"]["tls"]
+    assert tls["mode"] == "SIMPLE" and tls["sni"] == host
+    for wp in by_kind("WasmPlugin"):
+        assert wp["metadata"]["namespace"] == se["metadata"]["namespace"]  # exportTo "."
+        auth = wp["spec"]["pluginConfig"]["auth"]
+        assert auth["cluster"] == f"outbound|{port['number']}||{host}"
+        assert auth["authority"] == host
+        assert wp["spec"]["failStrategy"] == "FAIL_CLOSE" and wp["spec"]["phase"] == "AUTHN"
+        assert wp["spec"]["url"].startswith("oci://")
+
+    (backend,), (patch,) = by_kind("Backend"), by_kind("EnvoyPatchPolicy")
+    (jp,) = patch["spec"]["jsonPatches"]
+    cluster = jp["operation"]["value"]
+    assert jp["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+    assert jp["operation"]["op"] == "add" and jp["operation"]["path"] == ""
+    assert jp["name"] == cluster["name"]
+    sock = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    fqdn = backend["spec"]["endpoints"][0]["fqdn"]
+    assert (sock["address"], sock["port_value"]) == (fqdn["hostname"], fqdn["port"])
+    assert cluster["transport_socket"]["typed_config"]["sni"] == backend["spec"]["tls"]["sni"] == fqdn["hostname"]
+    for eep in by_kind("EnvoyExtensionPolicy"):
+        assert eep["spec"]["targetRefs"] == [{**patch["spec"]["targetRef"]}]
+        for w in eep["spec"]["wasm"]:
+            assert w["failOpen"] is False
+            assert w["config"]["auth"]["cluster"] == cluster["name"]
+            assert w["config"]["auth"]["authority"] == fqdn["hostname"]
+
+
+# --- Envoy's validate mode ----------------------------------------------------
+
+def envoy_validate(config_path: Path) -> subprocess.CompletedProcess:
+    binary = harness.envoy_binary()
+    assert binary.exists(), f"no Envoy at {binary}: run scripts/setup.sh"
+    return subprocess.run([str(binary), "--mode", "validate", "-c", str(config_path), "-l", "warning"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=mlflow.example.test",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    return d / "cert.pem", d / "key.pem"
+
+
+def render_production(tmp_path, tls_files, plugin_config) -> Path:
+    assert harness.WASM.exists(), f"{harness.WASM} is missing: run scripts/setup.sh"
+    cert, key = tls_files
+    text = string.Template((ROOT / "envoy-config/production.yaml").read_text()).substitute(
+        TLS_CERT_CHAIN=cert, TLS_PRIVATE_KEY=key, WASM=harness.WASM,
+        PLUGIN_CONFIG=json.dumps(json.dumps(plugin_config)),
+        MLFLOW_HOST="mlflow.mlflow.svc.cluster.local", MLFLOW_PORT=5000,
+        MLFLOW_AUTHORITY="mlflow.mlflow.svc.cluster.local:5000")
+    path = tmp_path / "production.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_production_bootstrap_passes_envoy_validate(tmp_path, tls_files):
+    cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
+    path = render_production(tmp_path, tls_files, cfg)
+    boot = yaml.safe_load(path.read_text())
+    clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
+    auth = clusters[cfg["auth"]["cluster"]]  # the cluster the filter calls exists
+    tls = auth["transport_socket"]["typed_config"]
+    assert tls["sni"] == cfg["auth"]["authority"]
+    assert tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"] == \
+        {"exact": cfg["auth"]["authority"]}
+    r = envoy_validate(path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_envoy_validate_loads_the_filter_and_its_config(tmp_path, tls_files):
+    """Validate mode starts the .wasm and hands it the plugin config, so the
+    test above checks the config the real filter reads."""
+    cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
+    del cfg["auth"]["service_id"]
+    r = envoy_validate(render_production(tmp_path, tls_files, cfg))
+    assert r.returncode != 0 and "service_id" in r.stderr, r.stdout + r.stderr
+
+
+def test_bootstraps_define_the_cluster_their_plugin_config_names():
+    local = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", (ROOT / "envoy-config/local.yaml").read_text()))
+    names = {c["name"] for c in local["static_resources"]["clusters"]}
+    assert json.loads(harness.PLUGIN_CONFIG.read_text())["auth"]["cluster"] in names
+
+
+def test_envoy_gateway_patch_cluster_passes_envoy_validate(tmp_path):
+    (patch,) = by_kind("EnvoyPatchPolicy")
+    cluster = patch["spec"]["jsonPatches"][0]["operation"]["value"]
+    boot = {"static_resources": {"clusters": [cluster]}}
+    path = tmp_path / "patch-cluster.yaml"
+    path.write_text(json.dumps(boot))
+    r = envoy_validate(path)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+
+
+# --- the OCI image --------------------------------------------------------------
+
+def run_oci_script(out: Path) -> dict:
+    r = subprocess.run(["bash", str(ROOT / "scripts/oci-image.sh"), str(out)], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+
+def test_oci_image_layout(tmp_path):
+    info = run_oci_script(tmp_path / "a")
+    layout, tag = Path(info["layout"]), info["tag"]
+    wasm = harness.WASM.read_bytes()
+    assert info["wasm_sha256"] == __import__("hashlib").sha256(wasm).hexdigest()
+    # Independently of the script: skopeo reads the layout back.
+    ref = f"oci:{layout}:{tag}"
+    inspect = json.loads(subprocess.run(["skopeo", "inspect", ref], check=True, capture_output=True,
+                                        text=True, timeout=120).stdout)
+    assert inspect["Digest"] == info["manifest_digest"]
+    manifest = json.loads(subprocess.run(["skopeo", "inspect", "--raw", ref], check=True, capture_output=True,
+                                         text=True, timeout=120).stdout)
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+    assert manifest["annotations"]["module.wasm.image/variant"] == "compat"
+    blob = layout / "blobs" / "sha256" / layer["digest"].split(":")[1]
+    with tarfile.open(blob, "r:gz") as tar:
+        assert tar.getnames() == ["plugin.wasm"]
+        assert tar.extractfile("plugin.wasm").read() == wasm
+    # Reproducible: the same .wasm gives the same digest, so it can be pinned.
+    assert run_oci_script(tmp_path / "b")["manifest_digest"] == info["manifest_digest"]
