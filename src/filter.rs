@@ -102,6 +102,8 @@ pub struct Stream {
     user_id: Option<String>,
     key_id: Option<String>,
     window: Option<Window>,
+    /// Read once per callback: one clock hostcall serves the whole decision.
+    now_ms: u64,
     finished: bool,
 }
 
@@ -122,6 +124,7 @@ impl Stream {
                 user_id: None,
                 key_id: None,
                 window: None,
+                now_ms: 0,
                 finished: false,
             })
         })
@@ -136,6 +139,9 @@ impl Stream {
         let mut presented = Presented::default();
         let mut forwarded_for = None;
         let (mut has_user_header, mut has_key_header) = (false, false);
+        // Servers behind WSGI/ASGI adapters read `x_hokusai_user_id` as
+        // `x-hokusai-user-id`: underscore spellings of protected headers go too.
+        let mut underscored: Vec<&str> = Vec::new();
         for (name, value) in &headers {
             match name.as_str() {
                 ":method" => self.method = String::from_utf8_lossy(value).into_owned(),
@@ -145,6 +151,7 @@ impl Stream {
                 "x-forwarded-for" => forwarded_for = forwarded_for.or(Some(value.as_slice())),
                 n if n == cfg.user_id_header => has_user_header = true,
                 n if n == cfg.key_id_header => has_key_header = true,
+                n if n.contains('_') && is_protected(n, cfg) => underscored.push(n),
                 _ => {}
             }
         }
@@ -162,6 +169,9 @@ impl Stream {
         }
         if !presented.x_api_key.is_empty() {
             host.set_request_header("x-api-key", None);
+        }
+        for name in underscored {
+            host.set_request_header(name, None);
         }
 
         let (path, query) = rewrite::split(raw_path);
@@ -214,8 +224,9 @@ impl Stream {
         let digest = cache::digest(&shared.namespace, &credential.key);
         self.key_tag = Some(cache::short_hash(&digest));
         let slot = cache::slot_of(&digest, cfg.cache.slots);
-        let (bytes, _) = host.shared_get(&cache_key(slot));
-        let now = host.now_ms();
+        let (bytes, _) = host.shared_get(&slot_key(CACHE_PREFIX, slot.into()));
+        self.now_ms = host.now_ms();
+        let now = self.now_ms;
         let stale = match cache::lookup(bytes.as_deref(), &digest, now, cfg.cache.stale_if_error_ms)
         {
             Lookup::Fresh(cached) => {
@@ -279,7 +290,8 @@ impl Stream {
         let cfg = &shared.cfg;
         let (status, body) = host.callout_reply(body_size, MAX_REPLY_BYTES);
         let verdict = validation::verdict(status, body_size, &body);
-        let now = host.now_ms();
+        self.now_ms = host.now_ms();
+        let now = self.now_ms;
         host.record_callout_latency(now.saturating_sub(since_ms));
 
         let cached = match &verdict {
@@ -307,7 +319,7 @@ impl Stream {
                 expires_at_ms: now.saturating_add(ttl),
             };
             // A lost race only means another worker stored its own verdict.
-            host.shared_set(&cache_key(slot), &entry.encode(), None);
+            host.shared_set(&slot_key(CACHE_PREFIX, slot.into()), &entry.encode(), None);
         }
 
         let waiters = shared.flights.borrow_mut().land(&digest);
@@ -437,7 +449,7 @@ impl Stream {
             self.window = Some(w);
             if !w.allowed {
                 self.window = None;
-                let now_s = host.now_ms() / 1000;
+                let now_s = self.now_ms / 1000;
                 return self.refuse(
                     host,
                     Counter::DeniedRateLimited,
@@ -468,9 +480,9 @@ impl Stream {
             (Some(k), _) => ratelimit::tag(k.as_bytes()),
             (None, tag) => ratelimit::tag(tag.as_deref().unwrap_or("").as_bytes()),
         };
-        let key = format!("{RATE_PREFIX}{}", owner % u64::from(rl.slots));
+        let key = slot_key(RATE_PREFIX, owner % u64::from(rl.slots));
         let limit = id.rate_limit_per_hour.unwrap_or(rl.default_per_hour);
-        let now_s = host.now_ms() / 1000;
+        let now_s = self.now_ms / 1000;
         let mut last = None;
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = host.shared_get(&key);
@@ -529,8 +541,42 @@ fn deliver<H: Host>(shared: &Shared, host: &H, waiters: &[u32], verdict: &Verdic
     }
 }
 
-fn cache_key(slot: u32) -> String {
-    format!("{CACHE_PREFIX}{slot}")
+/// Whether `name`, read with `_` as `-`, is a credential or identity header.
+fn is_protected(name: &str, cfg: &Config) -> bool {
+    let same = |protected: &str| {
+        name.len() == protected.len()
+            && name
+                .bytes()
+                .zip(protected.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    same(&cfg.user_id_header)
+        || same(&cfg.key_id_header)
+        || same("x-api-key")
+        || same("authorization")
+}
+
+/// `prefix` followed by `n` in decimal, without the formatting machinery
+/// (this runs on every request).
+fn slot_key(prefix: &str, mut n: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        if let Some(d) = digits.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(prefix.len() + digits.len() - i);
+    s.push_str(prefix);
+    for d in digits.iter().skip(i) {
+        s.push(char::from(*d));
+    }
+    s
 }
 
 fn failure_counter(f: Failure) -> Counter {
@@ -548,5 +594,17 @@ fn failure_text(f: Failure, status: Option<u16>) -> String {
     match (f, status) {
         (Failure::Status(s), _) => format!("{} (status {s})", f.kind()),
         _ => f.kind().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slot_key;
+
+    #[test]
+    fn slot_keys_are_prefix_and_decimal() {
+        assert_eq!(slot_key("p.", 0), "p.0");
+        assert_eq!(slot_key("p.", 4095), "p.4095");
+        assert_eq!(slot_key("", u64::MAX), u64::MAX.to_string());
     }
 }

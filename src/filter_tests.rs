@@ -659,3 +659,28 @@ fn the_audit_line_names_the_key_by_id_only() {
     assert_eq!(v["key"].as_str().unwrap().len(), 8);
     rig.assert_no_key_anywhere();
 }
+
+#[test]
+fn underscore_spellings_of_protected_headers_are_removed() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.request(
+        "POST",
+        RUNS_CREATE,
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x_hokusai_user_id", "root"),
+            ("x_hokusai_api_key_id", "k_root"),
+            ("x_api_key", KEY),
+            ("x_other", "kept"),
+        ],
+    );
+    rig.reply(id, &s, Some(200), RW);
+    for gone in ["x_hokusai_user_id", "x_hokusai_api_key_id", "x_api_key"] {
+        assert_eq!(rig.host.header(id, gone), None, "{gone}");
+    }
+    assert_eq!(rig.host.header(id, "x_other").as_deref(), Some("kept"));
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-user-id").as_deref(),
+        Some("u_1")
+    );
+}

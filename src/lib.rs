@@ -30,9 +30,9 @@ pub mod validation;
 
 #[cfg(test)]
 mod filter_tests;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(target_arch = "wasm32")]
 mod plugin;
 #[cfg(target_arch = "wasm32")]
 mod wasm_host;
-#[cfg(test)]
-mod fuzz_tests;

@@ -119,6 +119,14 @@ def test_identity_headers_cannot_be_spoofed(gw, keys, echo):
     assert header(got, "x-hokusai-api-key-id") == "k_rw"
 
 
+def test_underscore_spellings_of_identity_headers_never_reach_the_upstream(gw, echo):
+    echo.clear()
+    r = requests.get(gw.url + "/api/mlflow/api/2.0/mlflow/runs/get?run_id=1",
+                     headers={"Authorization": f"Bearer {RW}", "x_hokusai_user_id": "root"}, timeout=10)
+    assert r.status_code == 400  # Envoy refuses underscored headers (local.yaml)
+    assert echo.requests() == []
+
+
 def test_paths_are_rewritten_for_both_mounts(gw):
     auth = {"Authorization": f"Bearer {RW}"}
     for sent, want in [

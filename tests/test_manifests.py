@@ -6,6 +6,7 @@ The CRDs come from ../shared/crds beside the repository (as in CI); if they
 are missing these tests fail, they do not skip."""
 
 import copy
+import hashlib
 import json
 import re
 import string
@@ -169,7 +170,7 @@ def test_manifests_point_at_each_other():
     assert (sock["address"], sock["port_value"]) == (fqdn["hostname"], fqdn["port"])
     assert cluster["transport_socket"]["typed_config"]["sni"] == backend["spec"]["tls"]["sni"] == fqdn["hostname"]
     for eep in by_kind("EnvoyExtensionPolicy"):
-        assert eep["spec"]["targetRefs"] == [{**patch["spec"]["targetRef"]}]
+        assert eep["spec"]["targetRefs"] == [patch["spec"]["targetRef"]]  # the patched Gateway
         for w in eep["spec"]["wasm"]:
             assert w["failOpen"] is False
             assert w["config"]["auth"]["cluster"] == cluster["name"]
@@ -260,7 +261,7 @@ def test_oci_image_layout(tmp_path):
     info = run_oci_script(tmp_path / "a")
     layout, tag = Path(info["layout"]), info["tag"]
     wasm = harness.WASM.read_bytes()
-    assert info["wasm_sha256"] == __import__("hashlib").sha256(wasm).hexdigest()
+    assert info["wasm_sha256"] == hashlib.sha256(wasm).hexdigest()
     # Independently of the script: skopeo reads the layout back.
     ref = f"oci:{layout}:{tag}"
     inspect = json.loads(subprocess.run(["skopeo", "inspect", ref], check=True, capture_output=True,
