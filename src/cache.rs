@@ -45,7 +45,13 @@ pub fn slot_of(d: &Digest, slots: u32) -> u32 {
 
 /// A short, non-reversible tag for logs: 8 hex digits of the digest.
 pub fn short_hash(d: &Digest) -> String {
-    d.iter().take(4).map(|b| format!("{b:02x}")).collect()
+    let hex = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
+    let mut s = String::with_capacity(8);
+    for b in d.iter().take(4) {
+        s.push(hex(b >> 4));
+        s.push(hex(b & 15));
+    }
+    s
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,5 +344,8 @@ mod tests {
             assert!(slot_of(&d, 16) < 16);
         }
         assert_eq!(short_hash(&[0xab; 32]), "abababab");
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&[0x01, 0x23, 0xef, 0x90]);
+        assert_eq!(short_hash(&d), "0123ef90");
     }
 }
