@@ -9,7 +9,7 @@
 
 use hokusai_mlflow_auth::config::Config;
 use hokusai_mlflow_auth::filter::{Flow, Shared, Stream};
-use hokusai_mlflow_auth::host::{Host, Level};
+use hokusai_mlflow_auth::host::{Headers, Host, Level};
 use hokusai_mlflow_auth::metrics::Counter;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::{Cell, RefCell};
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct NullHost {
-    headers: Vec<(String, Vec<u8>)>,
+    /// Serialized once, as Envoy hands them over.
+    headers: Vec<u8>,
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     calls: Cell<u64>,
     dispatched: Cell<bool>,
@@ -33,9 +34,9 @@ impl NullHost {
 }
 
 impl Host for NullHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+    fn request_headers(&self) -> Headers {
         self.call();
-        self.headers.clone()
+        Headers::from_serialized(self.headers.clone())
     }
     fn set_request_header(&self, _: &str, _: Option<&str>) {
         self.call();
@@ -111,24 +112,25 @@ fn main() {
             "rate_limit": {{"enabled": {rate_limit}}}, "audit_log": {audit}}}"#
     );
     let shared = Rc::new(Shared::new(Config::parse(cfg.as_bytes()).unwrap()).unwrap());
+    let pairs: Vec<(&str, &[u8])> = [
+        (":method", "POST"),
+        (":path", "/api/mlflow/api/2.0/mlflow/runs/search"),
+        (":authority", "gateway.example"),
+        (":scheme", "http"),
+        ("user-agent", "mlflow-python-client/3.17.2"),
+        ("accept", "*/*"),
+        ("accept-encoding", "gzip, deflate"),
+        ("content-type", "application/json"),
+        ("content-length", "2"),
+        ("authorization", "Bearer hk_test_rw_devkey_0000000000000001"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "5a3f8f9e-6c1e-4a55-9d1f-3f1c6d0e2b7a"),
+    ]
+    .iter()
+    .map(|(k, v)| (*k, v.as_bytes()))
+    .collect();
     let host = NullHost {
-        headers: [
-            (":method", "POST"),
-            (":path", "/api/mlflow/api/2.0/mlflow/runs/search"),
-            (":authority", "gateway.example"),
-            (":scheme", "http"),
-            ("user-agent", "mlflow-python-client/3.17.2"),
-            ("accept", "*/*"),
-            ("accept-encoding", "gzip, deflate"),
-            ("content-type", "application/json"),
-            ("content-length", "2"),
-            ("authorization", "Bearer hk_test_rw_devkey_0000000000000001"),
-            ("x-forwarded-proto", "http"),
-            ("x-request-id", "5a3f8f9e-6c1e-4a55-9d1f-3f1c6d0e2b7a"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-        .collect(),
+        headers: Headers::serialize(&pairs),
         ..NullHost::default()
     };
 

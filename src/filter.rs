@@ -142,13 +142,13 @@ impl Stream {
         // Servers behind WSGI/ASGI adapters read `x_hokusai_user_id` as
         // `x-hokusai-user-id`: underscore spellings of protected headers go too.
         let mut underscored: Vec<&str> = Vec::new();
-        for (name, value) in &headers {
-            match name.as_str() {
+        for (name, value) in headers.iter() {
+            match name {
                 ":method" => self.method = String::from_utf8_lossy(value).into_owned(),
                 ":path" => raw_path = std::str::from_utf8(value).unwrap_or(""),
                 "authorization" => presented.authorization.push(value),
                 "x-api-key" => presented.x_api_key.push(value),
-                "x-forwarded-for" => forwarded_for = forwarded_for.or(Some(value.as_slice())),
+                "x-forwarded-for" => forwarded_for = forwarded_for.or(Some(value)),
                 n if n == cfg.user_id_header => has_user_header = true,
                 n if n == cfg.key_id_header => has_key_header = true,
                 n if n.contains('_') && is_protected(n, cfg) => underscored.push(n),

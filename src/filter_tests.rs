@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::filter::{Flow, Shared, Stream};
-use crate::host::{Host, Level};
+use crate::host::{Headers, Host, Level};
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use std::cell::{Cell, RefCell};
@@ -13,13 +13,13 @@ use std::time::Duration;
 
 const KEY: &str = "hk_test_SECRETKEYVALUE0123456789";
 
-type Headers = Vec<(String, Vec<u8>)>;
+type HeaderList = Vec<(String, Vec<u8>)>;
 type Callout = (u32, Vec<(String, String)>, Vec<u8>);
 
 #[derive(Default)]
 struct FakeHost {
     ctx: Cell<u32>,
-    headers: RefCell<HashMap<u32, Headers>>,
+    headers: RefCell<HashMap<u32, HeaderList>>,
     replies: RefCell<HashMap<u32, Reply>>,
     resumed: RefCell<Vec<u32>>,
     response_headers: RefCell<HashMap<u32, Vec<(String, String)>>>,
@@ -34,12 +34,13 @@ struct FakeHost {
 }
 
 impl Host for FakeHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.headers
-            .borrow()
+    fn request_headers(&self) -> Headers {
+        let all = self.headers.borrow();
+        let pairs: Vec<(&str, &[u8])> = all
             .get(&self.ctx.get())
-            .cloned()
-            .unwrap_or_default()
+            .map(|h| h.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect())
+            .unwrap_or_default();
+        Headers::from_serialized(Headers::serialize(&pairs))
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         let mut all = self.headers.borrow_mut();

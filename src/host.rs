@@ -12,9 +12,82 @@ pub enum Level {
     Warn,
 }
 
+/// A header map as proxy-wasm serializes it (count, then name and value
+/// sizes, then NUL-terminated names and values), read in place: one buffer,
+/// no allocation per header. Values are bytes: they need not be UTF-8.
+#[derive(Debug, Default)]
+pub struct Headers {
+    buf: Vec<u8>,
+    /// (name start, name end, value start, value end) into `buf`.
+    spans: Vec<(usize, usize, usize, usize)>,
+}
+
+impl Headers {
+    /// Trusts nothing: a truncated or inconsistent buffer yields the headers
+    /// read before the damage; names that are not UTF-8 are skipped.
+    pub fn from_serialized(buf: Vec<u8>) -> Headers {
+        let word = |at: usize| -> Option<usize> {
+            Some(u32::from_le_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
+        };
+        let mut spans = Vec::new();
+        if let Some(n) = word(0) {
+            let mut data = n.saturating_mul(8).saturating_add(4);
+            for i in 0..n.min(buf.len() / 8) {
+                let (Some(ks), Some(vs)) = (word(4 + i * 8), word(8 + i * 8)) else {
+                    break;
+                };
+                let name = (data, data.saturating_add(ks));
+                let value = (
+                    name.1.saturating_add(1),
+                    name.1.saturating_add(1).saturating_add(vs),
+                );
+                if value.1 >= buf.len() {
+                    break;
+                }
+                if buf
+                    .get(name.0..name.1)
+                    .is_some_and(|k| std::str::from_utf8(k).is_ok())
+                {
+                    spans.push((name.0, name.1, value.0, value.1));
+                }
+                data = value.1 + 1;
+            }
+        }
+        Headers { buf, spans }
+    }
+
+    /// The serialized form of `pairs` (for the validation request and fakes).
+    pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (k, v) in pairs {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            out.extend_from_slice(k.as_bytes());
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.spans.iter().filter_map(|&(ks, ke, vs, ve)| {
+            let name = std::str::from_utf8(self.buf.get(ks..ke)?).ok()?;
+            Some((name, self.buf.get(vs..ve)?))
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v)
+    }
+}
+
 pub trait Host {
-    /// All request headers in one call; values as bytes (they need not be UTF-8).
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// All request headers in one call.
+    fn request_headers(&self) -> Headers;
     /// Replaces every value of `name`, or removes them all with None.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     fn add_response_header(&self, name: &str, value: &str);
@@ -41,4 +114,37 @@ pub trait Host {
     fn record_callout_latency(&self, ms: u64);
     /// Makes later calls act on another stream of this VM (single-flight).
     fn switch_to(&self, context_id: u32) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Headers;
+
+    #[test]
+    fn serialized_maps_read_back() {
+        let pairs: [(&str, &[u8]); 3] = [(":path", b"/a"), ("x", b""), ("v", b"\xff\x00z")];
+        let h = Headers::from_serialized(Headers::serialize(&pairs));
+        assert_eq!(h.iter().collect::<Vec<_>>(), pairs.to_vec());
+        assert_eq!(h.get("v"), Some(&b"\xff\x00z"[..]));
+        assert_eq!(h.get("nope"), None);
+    }
+
+    #[test]
+    fn damaged_maps_give_what_was_intact() {
+        let full = Headers::serialize(&[("a", b"1"), ("b", b"2")]);
+        for n in 0..full.len() {
+            let h = Headers::from_serialized(full[..n].to_vec());
+            assert!(h.iter().count() <= 2);
+        }
+        assert_eq!(Headers::from_serialized(full).iter().count(), 2);
+        let mut huge_count = Headers::serialize(&[("a", b"1")]);
+        huge_count[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Headers::from_serialized(huge_count).iter().count(), 0);
+        let bad_name = Headers::serialize(&[("\u{0}", b"1")]);
+        let mut bad = bad_name.clone();
+        let at = bad.len() - 4;
+        bad[at] = 0xff;
+        assert_eq!(Headers::from_serialized(bad).iter().count(), 0);
+        assert!(Headers::from_serialized(Vec::new()).iter().next().is_none());
+    }
 }

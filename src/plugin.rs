@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::filter::{Flow, Shared, Stream};
 use crate::host::Host;
 use crate::reply;
-use crate::wasm_host::{log_error, WasmHost};
+use crate::wasm_host::{log_error, start_ticks, WasmHost, FLUSH_PERIOD};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::cell::RefCell;
@@ -33,12 +33,19 @@ impl RootContext for Root {
             Ok(shared) => {
                 self.shared = Some(Rc::new(shared));
                 self.host.get_or_insert_with(|| Rc::new(WasmHost::new()));
+                start_ticks(FLUSH_PERIOD);
                 true
             }
             Err(e) => {
                 log_error(&format!("hokusai-auth: configuration rejected: {e}"));
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(h) = &self.host {
+            h.flush();
         }
     }
 

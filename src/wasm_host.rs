@@ -5,9 +5,10 @@
 //! the calls the filter makes per request are declared here with plain
 //! integer statuses and every failure becomes a value.
 
-use crate::host::{Host, Level};
+use crate::host::{Headers, Host, Level};
 use crate::metrics::{Counter, CALLOUT_LATENCY, COUNTERS};
 use crate::reply::Reply;
+use std::cell::Cell;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -80,6 +81,15 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, size: usize, ret_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+}
+
+/// Starts the root context's tick (the stats flush).
+pub fn start_ticks(period: Duration) {
+    // SAFETY: no pointers.
+    unsafe {
+        proxy_set_tick_period_milliseconds(u32::try_from(period.as_millis()).unwrap_or(u32::MAX))
+    };
 }
 
 /// Takes ownership of a buffer the host allocated through the SDK's
@@ -92,56 +102,16 @@ unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
     }
 }
 
-/// Decodes the ABI's header-map serialization without trusting it:
-/// count, (key size, value size) pairs, then NUL-terminated keys and values.
-fn decode_pairs(b: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let word = |at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let Some(n) = word(0) else { return Vec::new() };
-    let mut out = Vec::with_capacity(n.min(256));
-    let mut data = 4usize.saturating_add(n.saturating_mul(8));
-    for i in 0..n {
-        let (Some(ks), Some(vs)) = (word(4 + i * 8), word(8 + i * 8)) else {
-            break;
-        };
-        let (Some(k), Some(v)) = (
-            b.get(data..data + ks),
-            b.get(data + ks + 1..data + ks + 1 + vs),
-        ) else {
-            break;
-        };
-        // Header names are tokens; a name that is not UTF-8 cannot be one we act on.
-        if let Ok(k) = std::str::from_utf8(k) {
-            out.push((k.to_string(), v.to_vec()));
-        }
-        data = data + ks + vs + 2;
-    }
-    out
-}
-
-fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
-fn get_pairs(map: u32) -> Option<Vec<(String, Vec<u8>)>> {
+fn get_pairs(map: u32) -> Headers {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the host writes a buffer it allocated with our allocator.
     let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
     let bytes = unsafe { owned(data, size) };
-    (status == OK).then(|| decode_pairs(&bytes))
+    if status == OK {
+        Headers::from_serialized(bytes)
+    } else {
+        Headers::default()
+    }
 }
 
 pub fn log(level: Level, message: &str) {
@@ -160,11 +130,18 @@ pub fn log_error(message: &str) {
     unsafe { proxy_log(4, message.as_ptr(), message.len()) };
 }
 
-/// Metric ids of this VM; Envoy shares the stats across workers by name.
+/// Metric ids of this VM (Envoy shares the stats across workers by name),
+/// and the counts not yet handed to Envoy: counting is local and `flush`
+/// (on the root context's tick) hands them over, so a request pays no
+/// hostcall for its stats.
 pub struct WasmHost {
     counters: Vec<Option<u32>>,
+    pending: Vec<Cell<u64>>,
     latency: Option<u32>,
 }
+
+/// How often counts reach Envoy's stats.
+pub const FLUSH_PERIOD: Duration = Duration::from_millis(200);
 
 fn define(kind: u32, name: &str) -> Option<u32> {
     let mut id = 0u32;
@@ -180,14 +157,27 @@ impl WasmHost {
                 .iter()
                 .map(|c| define(METRIC_COUNTER, c.name()))
                 .collect(),
+            pending: COUNTERS.iter().map(|_| Cell::new(0)).collect(),
             latency: define(METRIC_HISTOGRAM, CALLOUT_LATENCY),
         }
     }
 }
 
+impl WasmHost {
+    pub fn flush(&self) {
+        for (id, pending) in self.counters.iter().zip(&self.pending) {
+            let n = pending.take();
+            if let (Some(id), true) = (id, n > 0) {
+                // SAFETY: no pointers.
+                unsafe { proxy_increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX)) };
+            }
+        }
+    }
+}
+
 impl Host for WasmHost {
-    fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
-        get_pairs(MAP_REQUEST_HEADERS).unwrap_or_default()
+    fn request_headers(&self) -> Headers {
+        get_pairs(MAP_REQUEST_HEADERS)
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -222,12 +212,12 @@ impl Host for WasmHost {
     }
 
     fn send_reply(&self, reply: &Reply) {
-        let headers: Vec<(&str, &str)> = reply
+        let headers: Vec<(&str, &[u8])> = reply
             .headers
             .iter()
-            .map(|(k, v)| (*k, v.as_str()))
+            .map(|(k, v)| (*k, v.as_bytes()))
             .collect();
-        let headers = encode_pairs(&headers);
+        let headers = Headers::serialize(&headers);
         let details = "hokusai_auth";
         // SAFETY: pointers and lengths of live buffers.
         unsafe {
@@ -269,10 +259,8 @@ impl Host for WasmHost {
 
     fn callout_reply(&self, body_size: usize, max: usize) -> (Option<u16>, Vec<u8>) {
         let status = get_pairs(MAP_CALLOUT_RESPONSE_HEADERS)
-            .unwrap_or_default()
-            .into_iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(&v).ok()?.parse::<u16>().ok());
+            .get(":status")
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok());
         if body_size == 0 || body_size > max {
             return (status, Vec::new());
         }
@@ -339,9 +327,8 @@ impl Host for WasmHost {
     }
 
     fn count(&self, counter: Counter) {
-        if let Some(Some(id)) = self.counters.get(counter.index()) {
-            // SAFETY: no pointers.
-            unsafe { proxy_increment_metric(*id, 1) };
+        if let Some(p) = self.pending.get(counter.index()) {
+            p.set(p.get() + 1);
         }
     }
 

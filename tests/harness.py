@@ -259,6 +259,7 @@ class Envoy:
         return None
 
     def stats(self, prefix: str = "") -> dict[str, int]:
+        time.sleep(0.45)  # the filter hands its counts to Envoy every 200 ms per worker
         out = {}
         for line in self._get("/stats?usedonly&filter=" + prefix).splitlines():
             name, _, value = line.partition(": ")
