@@ -2,6 +2,7 @@
 //! per worker VM. Every host interaction goes through `Host`.
 
 use crate::cache::{self, Cached, Digest, Entry, Lookup};
+use crate::class_memo::ClassMemo;
 use crate::config::Config;
 use crate::credential::{self, Presented, QUERY_PARAM};
 use crate::endpoints::{Class, EndpointTable};
@@ -28,6 +29,7 @@ pub enum Flow {
 pub struct Shared {
     pub cfg: Config,
     table: EndpointTable,
+    classes: ClassMemo,
     namespace: Digest,
     flights: RefCell<Flights>,
     /// Streams waiting on another stream's callout, to be resumed by it.
@@ -48,6 +50,7 @@ impl Shared {
         Ok(Self {
             cfg,
             table,
+            classes: ClassMemo::default(),
             namespace,
             flights: RefCell::default(),
             waiters: RefCell::default(),
@@ -219,7 +222,9 @@ impl Stream {
                 );
             }
         };
-        self.class = shared.table.classify(&self.method, mlflow_path);
+        self.class = shared
+            .classes
+            .classify(&shared.table, &self.method, mlflow_path);
 
         let digest = cache::digest(&shared.namespace, &credential.key);
         self.key_tag = Some(cache::short_hash(&digest));

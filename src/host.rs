@@ -18,7 +18,9 @@ pub enum Level {
 #[derive(Debug, Default)]
 pub struct Headers {
     buf: Vec<u8>,
-    /// (name start, name end, value start, value end) into `buf`.
+    /// Every name, checked as UTF-8 once, so that reading them is free.
+    names: String,
+    /// (name start, name end) into `names`, (value start, value end) into `buf`.
     spans: Vec<(usize, usize, usize, usize)>,
 }
 
@@ -30,6 +32,7 @@ impl Headers {
             Some(u32::from_le_bytes(buf.get(at..at.checked_add(4)?)?.try_into().ok()?) as usize)
         };
         let mut spans = Vec::new();
+        let mut names = String::with_capacity(buf.len().min(4096));
         if let Some(n) = word(0) {
             let mut data = n.saturating_mul(8).saturating_add(4);
             for i in 0..n.min(buf.len() / 8) {
@@ -44,16 +47,17 @@ impl Headers {
                 if value.1 >= buf.len() {
                     break;
                 }
-                if buf
+                if let Some(k) = buf
                     .get(name.0..name.1)
-                    .is_some_and(|k| std::str::from_utf8(k).is_ok())
+                    .and_then(|k| std::str::from_utf8(k).ok())
                 {
-                    spans.push((name.0, name.1, value.0, value.1));
+                    spans.push((names.len(), names.len() + k.len(), value.0, value.1));
+                    names.push_str(k);
                 }
                 data = value.1 + 1;
             }
         }
-        Headers { buf, spans }
+        Headers { buf, names, spans }
     }
 
     /// The serialized form of `pairs` (for the validation request and fakes).
@@ -74,10 +78,9 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.spans.iter().filter_map(|&(ks, ke, vs, ve)| {
-            let name = std::str::from_utf8(self.buf.get(ks..ke)?).ok()?;
-            Some((name, self.buf.get(vs..ve)?))
-        })
+        self.spans
+            .iter()
+            .filter_map(|&(ks, ke, vs, ve)| Some((self.names.get(ks..ke)?, self.buf.get(vs..ve)?)))
     }
 
     pub fn get(&self, name: &str) -> Option<&[u8]> {

@@ -15,6 +15,7 @@
 )]
 
 pub mod cache;
+pub mod class_memo;
 pub mod config;
 pub mod credential;
 pub mod endpoints;
