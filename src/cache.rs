@@ -70,7 +70,8 @@ pub struct Entry {
 /// What a slot says about a key at a given time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Fresh(Cached),
+    /// A verdict and when it expires.
+    Fresh(Cached, u64),
     /// Expired positive verdict still inside the stale-if-error grace:
     /// usable only if the key service turns out to be unavailable.
     Stale(Identity),
@@ -85,7 +86,7 @@ pub fn lookup(slot: Option<&[u8]>, digest: &Digest, now_ms: u64, grace_ms: u64) 
         return Lookup::Miss;
     }
     if now_ms < e.expires_at_ms {
-        return Lookup::Fresh(e.verdict);
+        return Lookup::Fresh(e.verdict, e.expires_at_ms);
     }
     match e.verdict {
         Cached::Allowed(id) if now_ms < e.expires_at_ms.saturating_add(grace_ms) => {
@@ -309,14 +310,14 @@ mod tests {
         .encode();
         assert_eq!(
             lookup(Some(&allowed), &d, 999, 0),
-            Lookup::Fresh(Cached::Allowed(id()))
+            Lookup::Fresh(Cached::Allowed(id()), 1000)
         );
         assert_eq!(lookup(Some(&allowed), &d, 1000, 0), Lookup::Miss);
         assert_eq!(lookup(Some(&allowed), &d, 1500, 600), Lookup::Stale(id()));
         assert_eq!(lookup(Some(&allowed), &d, 1600, 600), Lookup::Miss);
         assert_eq!(
             lookup(Some(&invalid), &d, 999, 0),
-            Lookup::Fresh(Cached::Invalid)
+            Lookup::Fresh(Cached::Invalid, 1000)
         );
         assert_eq!(
             lookup(Some(&invalid), &d, 1500, 600),

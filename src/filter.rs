@@ -8,6 +8,7 @@ use crate::credential::{self, Presented, QUERY_PARAM};
 use crate::endpoints::{Class, EndpointTable};
 use crate::flight::Flights;
 use crate::host::{Host, Level};
+use crate::local_cache::LocalCache;
 use crate::metrics::Counter;
 use crate::policy;
 use crate::ratelimit::{self, Window};
@@ -30,6 +31,7 @@ pub struct Shared {
     pub cfg: Config,
     table: EndpointTable,
     classes: ClassMemo,
+    local: LocalCache,
     namespace: Digest,
     flights: RefCell<Flights>,
     /// Streams waiting on another stream's callout, to be resumed by it.
@@ -38,6 +40,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config) -> Result<Self, String> {
+        let local_capacity = cfg.cache.slots as usize;
         let table = EndpointTable::builtin()?;
         let form = format!("{:?}", cfg.auth.key_form);
         let namespace = cache::namespace(&[
@@ -51,6 +54,7 @@ impl Shared {
             cfg,
             table,
             classes: ClassMemo::default(),
+            local: LocalCache::new(local_capacity),
             namespace,
             flights: RefCell::default(),
             waiters: RefCell::default(),
@@ -229,19 +233,17 @@ impl Stream {
         let digest = cache::digest(&shared.namespace, &credential.key);
         self.key_tag = Some(cache::short_hash(&digest));
         let slot = cache::slot_of(&digest, cfg.cache.slots);
-        let (bytes, _) = host.shared_get(&slot_key(CACHE_PREFIX, slot.into()));
         self.now_ms = host.now_ms();
         let now = self.now_ms;
+        if let Some(cached) = shared.local.get(&digest, now) {
+            return self.cache_hit(host, cached);
+        }
+        let (bytes, _) = host.shared_get(&slot_key(CACHE_PREFIX, slot.into()));
         let stale = match cache::lookup(bytes.as_deref(), &digest, now, cfg.cache.stale_if_error_ms)
         {
-            Lookup::Fresh(cached) => {
-                self.cache = CacheState::Hit;
-                host.count(Counter::CacheHit);
-                let verdict = match cached {
-                    Cached::Allowed(id) => Verdict::Allowed(id),
-                    Cached::Invalid => Verdict::Invalid,
-                };
-                return self.conclude(host, verdict, None, false);
+            Lookup::Fresh(cached, expires_at_ms) => {
+                shared.local.put(digest, cached.clone(), expires_at_ms);
+                return self.cache_hit(host, cached);
             }
             Lookup::Stale(id) => Some(id),
             Lookup::Miss => None,
@@ -325,6 +327,7 @@ impl Stream {
             };
             // A lost race only means another worker stored its own verdict.
             host.shared_set(&slot_key(CACHE_PREFIX, slot.into()), &entry.encode(), None);
+            shared.local.put(digest, entry.verdict, entry.expires_at_ms);
         }
 
         let waiters = shared.flights.borrow_mut().land(&digest);
@@ -373,6 +376,16 @@ impl Stream {
         if shared.cfg.audit_log && self.verdict != "none" {
             host.log(Level::Info, &self.audit_line());
         }
+    }
+
+    fn cache_hit<H: Host>(&mut self, host: &H, cached: Cached) -> Flow {
+        self.cache = CacheState::Hit;
+        host.count(Counter::CacheHit);
+        let verdict = match cached {
+            Cached::Allowed(id) => Verdict::Allowed(id),
+            Cached::Invalid => Verdict::Invalid,
+        };
+        self.conclude(host, verdict, None, false)
     }
 
     fn refuse<H: Host>(

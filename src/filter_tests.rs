@@ -30,6 +30,7 @@ struct FakeHost {
     logs: RefCell<Vec<String>>,
     counts: RefCell<HashMap<Counter, u64>>,
     refuse_dispatch: Cell<bool>,
+    shared_reads: Cell<u32>,
     gone: RefCell<HashSet<u32>>,
 }
 
@@ -91,6 +92,7 @@ impl Host for FakeHost {
         self.callout.borrow().clone()
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.shared_reads.set(self.shared_reads.get() + 1);
         match self.shared.borrow().get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
@@ -684,4 +686,35 @@ fn underscore_spellings_of_protected_headers_are_removed() {
         rig.host.header(id, "x-hokusai-user-id").as_deref(),
         Some("u_1")
     );
+}
+
+#[test]
+fn a_worker_reuses_its_own_verdicts_without_reading_shared_data() {
+    let rig = Rig::new(r#", "rate_limit": {"enabled": false}"#);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.reply(id, &s, Some(200), RW);
+    let reads = rig.host.shared_reads.get();
+    assert_eq!(rig.bearer(EXP_SEARCH).2, Flow::Continue);
+    assert_eq!(
+        rig.host.shared_reads.get(),
+        reads,
+        "served from the worker's copy"
+    );
+    // Another worker (its own Shared) finds the verdict in shared data.
+    let other = Rc::new(Shared::new(rig.shared.cfg.clone()).unwrap());
+    rig.host.ctx.set(99);
+    rig.host.headers.borrow_mut().insert(
+        99,
+        vec![
+            (":method".into(), b"POST".to_vec()),
+            (":path".into(), EXP_SEARCH.as_bytes().to_vec()),
+            ("authorization".into(), format!("Bearer {KEY}").into_bytes()),
+        ],
+    );
+    let flow = Stream::new(99, other)
+        .borrow_mut()
+        .on_request_headers(&rig.host);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.shared_reads.get(), reads + 1);
+    assert_eq!(rig.host.calls(), 1);
 }

@@ -1,3 +1,4 @@
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -28,6 +29,36 @@ def echo(workdir):
     s = harness.StandIn("echo", workdir, name=f"echo-{id(object())}")
     yield s
     s.stop()
+
+
+class Keys:
+    """Registers fresh keys in the stand-in so that each test counts its own callouts."""
+
+    def __init__(self, keysvc):
+        self.keysvc = keysvc
+        self.entries = list(harness.DEV_KEYS["keys"])
+
+    def new(self, prefix="hk_test_", **fields) -> str:
+        key = prefix + secrets.token_hex(12)
+        entry = {"key": key, "user_id": "u_" + key[-6:], "key_id": "k_" + key[-6:], "service_id": "platform",
+                 "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000, **fields}
+        entry = {k: v for k, v in entry.items() if v is not None}  # None: leave the field out
+        self.entries.append(entry)
+        self.keysvc.set_keys({"keys": self.entries})
+        return key
+
+
+@pytest.fixture(scope="module")
+def keys(keysvc):
+    return Keys(keysvc)
+
+
+@pytest.fixture
+def normal_mode(keysvc):
+    """Every test starts and ends with the key service answering normally."""
+    keysvc.mode("normal")
+    yield
+    keysvc.mode("normal")
 
 
 @pytest.fixture(scope="module")

@@ -13,38 +13,11 @@ import requests
 
 import harness
 
+pytestmark = pytest.mark.usefixtures("normal_mode")
+
 RW, RO = harness.RW_KEY, harness.RO_KEY
 RUNS_SEARCH = "/api/mlflow/api/2.0/mlflow/runs/search"
 RUNS_CREATE = "/api/mlflow/api/2.0/mlflow/runs/create"
-
-
-class Keys:
-    """Registers fresh keys in the stand-in so that each test counts its own callouts."""
-
-    def __init__(self, keysvc):
-        self.keysvc = keysvc
-        self.entries = list(harness.DEV_KEYS["keys"])
-
-    def new(self, **fields) -> str:
-        key = "hk_test_" + secrets.token_hex(12)
-        entry = {"key": key, "user_id": "u_" + key[-6:], "key_id": "k_" + key[-6:], "service_id": "platform",
-                 "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000, **fields}
-        entry = {k: v for k, v in entry.items() if v is not None}  # None: leave the field out
-        self.entries.append(entry)
-        self.keysvc.set_keys({"keys": self.entries})
-        return key
-
-
-@pytest.fixture(scope="module")
-def keys(keysvc):
-    return Keys(keysvc)
-
-
-@pytest.fixture(autouse=True)
-def normal_mode(keysvc):
-    keysvc.mode("normal")
-    yield
-    keysvc.mode("normal")
 
 
 def seen(resp):

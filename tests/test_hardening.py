@@ -15,34 +15,10 @@ import requests
 
 import harness
 
+pytestmark = pytest.mark.usefixtures("normal_mode")
+
 RUNS_CREATE = "/api/mlflow/api/2.0/mlflow/runs/create"
 RUNS_SEARCH = "/api/mlflow/api/2.0/mlflow/runs/search"
-
-
-class Keys:
-    def __init__(self, keysvc):
-        self.keysvc = keysvc
-        self.entries = list(harness.DEV_KEYS["keys"])
-
-    def new(self, prefix="hk_test_", **fields):
-        key = prefix + secrets.token_hex(12)
-        self.entries.append({"key": key, "user_id": "u_" + key[-6:], "key_id": "k_" + key[-6:],
-                             "service_id": "platform", "scopes": ["mlflow:read", "mlflow:write"],
-                             "rate_limit_per_hour": 100000, **fields})
-        self.keysvc.set_keys({"keys": self.entries})
-        return key
-
-
-@pytest.fixture(scope="module")
-def keys(keysvc):
-    return Keys(keysvc)
-
-
-@pytest.fixture(autouse=True)
-def normal_mode(keysvc):
-    keysvc.mode("normal")
-    yield
-    keysvc.mode("normal")
 
 
 def raw(gw, request: bytes, timeout=5.0) -> bytes:
