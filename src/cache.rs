@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn the_key_is_not_in_the_entry() {
-        let key = "hk_test_distinctive_0123456789";
+        let key = "hk_test_distinctive_0123456789"; // fixture, not a real key
         let e = Entry {
             digest: digest(&ns(), key),
             verdict: Cached::Allowed(id()),

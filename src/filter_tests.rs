@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-const KEY: &str = "hk_test_SECRETKEYVALUE0123456789";
+const KEY: &str = "hk_test_SECRETKEYVALUE0123456789"; // fixture, not a real key
 
 type HeaderList = Vec<(String, Vec<u8>)>;
 type Callout = (u32, Vec<(String, String)>, Vec<u8>);
