@@ -258,14 +258,26 @@ class Envoy:
                 return ls["local_address"]["socket_address"]["port_value"]
         return None
 
-    def stats(self, prefix: str = "") -> dict[str, int]:
-        time.sleep(0.45)  # the filter hands its counts to Envoy every 200 ms per worker
+    def _read_stats(self, prefix: str) -> dict[str, int]:
         out = {}
         for line in self._get("/stats?usedonly&filter=" + prefix).splitlines():
             name, _, value = line.partition(": ")
             if value.strip().lstrip("-").isdigit():
                 out[name] = int(value)
         return out
+
+    def stats(self, prefix: str = "") -> dict[str, int]:
+        """Settled stats: the filter hands its counts to Envoy every 200 ms
+        per worker, so read until two reads 300 ms apart agree (bounded)."""
+        time.sleep(0.25)
+        last = self._read_stats(prefix)
+        for _ in range(10):
+            time.sleep(0.3)
+            now = self._read_stats(prefix)
+            if now == last:
+                return now
+            last = now
+        return last
 
     def stat(self, name: str) -> int:
         return self.stats(name).get(name, 0)
