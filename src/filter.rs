@@ -102,7 +102,8 @@ pub struct Stream {
     class: Class,
     method: String,
     path: String,
-    key_tag: Option<String>,
+    /// The key's digest; the audit line shows 8 hex digits of it.
+    digest: Option<Digest>,
     cache: CacheState,
     /// Decision for the audit line: verdict name and the status we sent.
     verdict: &'static str,
@@ -125,7 +126,7 @@ impl Stream {
                 class: Class::Write,
                 method: String::new(),
                 path: String::new(),
-                key_tag: None,
+                digest: None,
                 cache: CacheState::None,
                 verdict: "none",
                 user_id: None,
@@ -143,6 +144,7 @@ impl Stream {
         let headers = host.request_headers();
 
         let mut raw_path: &str = "";
+        let mut method: &[u8] = b"";
         let mut presented = Presented::default();
         let mut forwarded_for = None;
         let (mut has_user_header, mut has_key_header) = (false, false);
@@ -151,7 +153,7 @@ impl Stream {
         let mut underscored: Vec<&str> = Vec::new();
         for (name, value) in headers.iter() {
             match name {
-                ":method" => self.method = String::from_utf8_lossy(value).into_owned(),
+                ":method" => method = value,
                 ":path" => raw_path = std::str::from_utf8(value).unwrap_or(""),
                 "authorization" => presented.authorization.push(value),
                 "x-api-key" => presented.x_api_key.push(value),
@@ -181,9 +183,16 @@ impl Stream {
             host.set_request_header(name, None);
         }
 
+        let method = std::str::from_utf8(method).unwrap_or("");
+        // The audit line's facts are kept only when it will be written.
+        if cfg.audit_log {
+            self.method = method.to_string();
+        }
         let (path, query) = rewrite::split(raw_path);
         if !rewrite::is_unambiguous(path) {
-            self.path = "<refused>".into();
+            if cfg.audit_log {
+                self.path = "<refused>".into();
+            }
             return self.refuse(host, Counter::DeniedBadRequest, "bad_path", &reply::bad_request(
                 "the request path is ambiguous (dot segments, doubled or encoded slashes, ';' or encoded unreserved characters)",
             ));
@@ -194,7 +203,9 @@ impl Stream {
 
         let public = cfg.public_paths.iter().find(|(from, _)| from == path);
         let mlflow_path = rewrite::strip_mount(path, &cfg.mount_prefixes);
-        self.path = mlflow_path.to_string();
+        if cfg.audit_log {
+            self.path = mlflow_path.to_string();
+        }
         let ajax = if cfg.ajax_api {
             rewrite::ajax_map(mlflow_path)
         } else {
@@ -208,7 +219,7 @@ impl Stream {
             host.set_request_header(":path", Some(&rewrite::join(upstream_path, upstream_query)));
         }
 
-        if public.is_some() || self.method == "OPTIONS" {
+        if public.is_some() || method == "OPTIONS" {
             self.verdict = "public";
             self.state = State::Done;
             host.count(Counter::Public);
@@ -226,12 +237,10 @@ impl Stream {
                 );
             }
         };
-        self.class = shared
-            .classes
-            .classify(&shared.table, &self.method, mlflow_path);
+        self.class = shared.classes.classify(&shared.table, method, mlflow_path);
 
         let digest = cache::digest(&shared.namespace, &credential.key);
-        self.key_tag = Some(cache::short_hash(&digest));
+        self.digest = Some(digest);
         let slot = cache::slot_of(&digest, cfg.cache.slots);
         self.now_ms = host.now_ms();
         let now = self.now_ms;
@@ -453,8 +462,10 @@ impl Stream {
                 );
             }
         };
-        self.user_id = id.user_id.clone();
-        self.key_id = id.key_id.clone();
+        if cfg.audit_log {
+            self.user_id = id.user_id.clone();
+            self.key_id = id.key_id.clone();
+        }
         if let Err(msg) = policy::check(self.class, &id, &cfg.scopes) {
             return self.refuse(
                 host,
@@ -494,9 +505,10 @@ impl Stream {
     /// bounded retries). None when rate limiting is off.
     fn count_rate<H: Host>(&self, host: &H, id: &Identity) -> Option<Window> {
         let rl = self.shared.cfg.rate_limit.as_ref()?;
-        let owner = match (&id.key_id, &self.key_tag) {
+        // Per key_id as the contract says; a key without one counts by digest.
+        let owner = match (&id.key_id, &self.digest) {
             (Some(k), _) => ratelimit::tag(k.as_bytes()),
-            (None, tag) => ratelimit::tag(tag.as_deref().unwrap_or("").as_bytes()),
+            (None, d) => ratelimit::tag(d.as_ref().map_or(&[][..], |d| &d[..])),
         };
         let key = slot_key(RATE_PREFIX, owner % u64::from(rl.slots));
         let limit = id.rate_limit_per_hour.unwrap_or(rl.default_per_hour);
@@ -525,7 +537,7 @@ impl Stream {
             "event": "hokusai_auth",
             "verdict": self.verdict,
             "cache": format!("{:?}", self.cache).to_lowercase(),
-            "key": self.key_tag,
+            "key": self.digest.as_ref().map(cache::short_hash),
             "key_id": self.key_id,
             "user_id": self.user_id,
             "method": self.method,

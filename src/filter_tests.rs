@@ -182,6 +182,17 @@ impl Rig {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u32, Rc<RefCell<Stream>>, Flow) {
+        self.request_on(&self.shared, method, path, headers)
+    }
+
+    /// A request on the worker whose per-VM state is `shared`.
+    fn request_on(
+        &self,
+        shared: &Rc<Shared>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u32, Rc<RefCell<Stream>>, Flow) {
         let id = self.next.get();
         self.next.set(id + 1);
         let mut h = vec![
@@ -196,7 +207,7 @@ impl Rig {
         );
         self.host.headers.borrow_mut().insert(id, h);
         self.host.ctx.set(id);
-        let stream = Stream::new(id, Rc::clone(&self.shared));
+        let stream = Stream::new(id, Rc::clone(shared));
         let flow = stream.borrow_mut().on_request_headers(&self.host);
         (id, stream, flow)
     }
@@ -702,18 +713,8 @@ fn a_worker_reuses_its_own_verdicts_without_reading_shared_data() {
     );
     // Another worker (its own Shared) finds the verdict in shared data.
     let other = Rc::new(Shared::new(rig.shared.cfg.clone()).unwrap());
-    rig.host.ctx.set(99);
-    rig.host.headers.borrow_mut().insert(
-        99,
-        vec![
-            (":method".into(), b"POST".to_vec()),
-            (":path".into(), EXP_SEARCH.as_bytes().to_vec()),
-            ("authorization".into(), format!("Bearer {KEY}").into_bytes()),
-        ],
-    );
-    let flow = Stream::new(99, other)
-        .borrow_mut()
-        .on_request_headers(&rig.host);
+    let bearer = format!("Bearer {KEY}");
+    let (_, _, flow) = rig.request_on(&other, "POST", EXP_SEARCH, &[("authorization", &bearer)]);
     assert_eq!(flow, Flow::Continue);
     assert_eq!(rig.host.shared_reads.get(), reads + 1);
     assert_eq!(rig.host.calls(), 1);

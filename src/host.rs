@@ -7,7 +7,6 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
-    Debug,
     Info,
     Warn,
 }

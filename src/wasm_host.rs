@@ -116,7 +116,6 @@ fn get_pairs(map: u32) -> Headers {
 
 pub fn log(level: Level, message: &str) {
     let level = match level {
-        Level::Debug => 1,
         Level::Info => 2,
         Level::Warn => 3,
     };
