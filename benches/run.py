@@ -128,8 +128,23 @@ def hokusai_config(rate_limit: bool = False) -> dict:
     return harness.plugin_config(audit_log=False, rate_limit={"enabled": rate_limit})
 
 
-def rows() -> list[Row]:
+def rows(variants: list[tuple[str, Path]] = ()) -> list[Row]:
     hw = harness.WASM
+    return base_rows(hw) + [r for name, wasm in variants for r in variant_rows(name, wasm)]
+
+
+def variant_rows(name: str, wasm: Path) -> list[Row]:
+    """The cache-hit rows again with another build of the filter (--variant),
+    so that a change is compared with its baseline in the same run."""
+    return [
+        Row(f"hit@{name}", f"hokusai, cache hit ({name})", "hokusai", wasm=wasm, config=hokusai_config(False),
+            auth=True, identity=True, hides_key=True),
+        Row(f"hit_rl@{name}", f"hokusai, cache hit, rate limit on ({name})", "hokusai", wasm=wasm,
+            config=hokusai_config(True), auth=True, identity=True, hides_key=True),
+    ]
+
+
+def base_rows(hw: Path) -> list[Row]:
     return [
         Row("none", "no auth filter (ceiling)", "none"),
         Row("noop", "no-op wasm filter (floor)", "noop-wasm", wasm=NOOP_WASM),
@@ -630,6 +645,11 @@ def summarize(results: list[dict], all_rows: list[Row]) -> dict:
             s[f"cpu_d_{base}"] = med(cpu_d)
             s[f"p99_d_{base}"] = med(p99_d)
             s[f"c1_p99_d_{base}"] = med(c1_d)
+        base_name = row.name.split("@", 1)[0]
+        if base_name != row.name:
+            pairs = [(rr[row.name], rr[base_name]) for rr in by_round.values() if row.name in rr and base_name in rr]
+            s["cpu_d_base"] = med([me["cpu_us_per_req"] - b["cpu_us_per_req"] for me, b in pairs])
+            s["cpu_x_base"] = med([me["cpu_us_per_req"] / b["cpu_us_per_req"] for me, b in pairs])
         for peer in ("ext_authz", "ext_authz_5ms"):
             xs = [rr[row.name]["rps"] / rr[peer]["rps"] for rr in by_round.values()
                   if row.name in rr and peer in rr]
@@ -656,10 +676,9 @@ def table(summary: dict, all_rows: list[Row], bursts: list[dict], sizes: dict, a
             continue
         trio = lambda p, spec: " / ".join(fmt(s[f"{p}_{b}"], spec) for b in ("none", "noop", "api_key_auth"))  # noqa: E731
         wasm = ""
-        if row.wasm == NOOP_WASM:
-            wasm = f"{sizes['noop']:,} B ({sizes['noop'] / 1024:.1f} KiB)"
-        elif row.wasm == harness.WASM:
-            wasm = f"{sizes['hokusai']:,} B ({sizes['hokusai'] / 1024:.1f} KiB)"
+        if row.wasm is not None:
+            size = row.wasm.stat().st_size
+            wasm = f"{size:,} B ({size / 1024:.1f} KiB)"
         lines.append(
             f"| {row.label} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50_us'], '.0f')} | {fmt(s['p99_us'], '.0f')} "
             f"| {fmt(s['p99_d_none'], '+.0f')} | {fmt(s['c1_p50_us'], '.0f')} / {fmt(s['c1_p99_us'], '.0f')} "
@@ -667,6 +686,15 @@ def table(summary: dict, all_rows: list[Row], bursts: list[dict], sizes: dict, a
             f"| {trio('cpu_x', '.2f')} | {trio('rps_x', '.2f')} | {fmt(s['envoy_core_pct'], '.0f')} "
             f"| {fmt(s['callouts_per_req'], '.3f')} | {fmt(s['vmhwm_kb'] / 1024 if s['vmhwm_kb'] else None, '.1f')} "
             f"| {wasm} |")
+    variants = [r for r in all_rows if "@" in r.name and r.name in summary]
+    if variants:
+        lines += ["", "| variant row | Envoy CPU µs/req | vs the same row of this build: Δ CPU µs | CPU × |",
+                  "|---|---|---|---|"]
+        for row in variants:
+            s = summary[row.name]
+            lines.append(f"| {row.label} | {fmt(s['cpu_us_per_req'])} | {fmt(s.get('cpu_d_base'), '+.1f')} "
+                         f"| {fmt(s.get('cpu_x_base'), '.3f')} |")
+        lines.append("")
     for delay in sorted({b["delay_ms"] for b in bursts}):
         bs = [b for b in bursts if b["delay_ms"] == delay]
         calls = [b["callouts"] for b in bs]
@@ -719,8 +747,8 @@ def write_doc(text: str):
 def build(args):
     if args.no_build:
         return
-    print("build: scripts/setup.sh", flush=True)
-    subprocess.run(["bash", str(ROOT / "scripts/setup.sh")], cwd=ROOT, check=True, timeout=1800)
+    print("build: scripts/setup.sh --bench", flush=True)
+    subprocess.run(["bash", str(ROOT / "scripts/setup.sh"), "--bench"], cwd=ROOT, check=True, timeout=1800)
     print("build: benches/noop-filter", flush=True)
     subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                     str(NOOP_MANIFEST), "--target-dir", str(NOOP_TARGET_DIR)],
@@ -751,6 +779,9 @@ def main() -> int:
     ap.add_argument("--max-other-load", type=float, default=15.0,
                     help="a row timed while other work used more than this %% of a core is run again")
     ap.add_argument("--reruns", type=int, default=10, help="at most this many such re-runs in the whole run")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                    help="also time the cache-hit rows with this .wasm (rows hit@NAME, hit_rl@NAME), "
+                         "e.g. a baseline build from scripts/bench-compare.sh; repeatable")
     ap.add_argument("--no-build", action="store_true", help="use the built .wasm files as they are")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf profile of the hit row")
     ap.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.relative_to(ROOT)}")
@@ -760,20 +791,27 @@ def main() -> int:
     # A SIGTERM still stops every process this run started (finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    if not shutil.which("wrk"):
-        print("wrk is missing: apt-get install -y wrk", file=sys.stderr)
-        return 2
     try:
         build(args)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         print(f"build failed ({e}); fix it, or run with --no-build to time what is built", file=sys.stderr)
+        return 2
+    if not shutil.which("wrk"):
+        print("wrk is missing: run scripts/setup.sh --bench (it installs Debian's wrk)", file=sys.stderr)
         return 2
     for p in (harness.WASM, NOOP_WASM, harness.STANDIN):
         if not p.exists():
             print(f"{p} is missing: run without --no-build", file=sys.stderr)
             return 2
 
-    all_rows = rows()
+    variants = []
+    for v in args.variant:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            print(f"--variant {v!r}: want NAME=PATH of a built .wasm", file=sys.stderr)
+            return 2
+        variants.append((name, Path(path).resolve()))
+    all_rows = rows(variants)
     if args.rows:
         wanted = set(args.rows.split(","))
         unknown = wanted - {r.name for r in all_rows}

