@@ -8,7 +8,7 @@
 //! the VM boundary.
 
 use hokusai_mlflow_auth::config::Config;
-use hokusai_mlflow_auth::filter::{Flow, Shared, Stream};
+use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
 use hokusai_mlflow_auth::host::{Headers, Host, Level};
 use hokusai_mlflow_auth::metrics::Counter;
 use hokusai_mlflow_auth::reply::Reply;
@@ -111,7 +111,7 @@ fn main() {
         r#"{{"auth": {{"cluster": "hokusai_auth", "service_id": "platform"}},
             "rate_limit": {{"enabled": {rate_limit}}}, "audit_log": {audit}}}"#
     );
-    let shared = Rc::new(Shared::new(Config::parse(cfg.as_bytes()).unwrap()).unwrap());
+    let worker = Rc::new(Worker::new(Config::parse(cfg.as_bytes()).unwrap()).unwrap());
     let pairs: Vec<(&str, &[u8])> = [
         (":method", "POST"),
         (":path", "/api/mlflow/api/2.0/mlflow/runs/search"),
@@ -135,7 +135,7 @@ fn main() {
     };
 
     // Warm the cache: one miss and its callout.
-    let s = Stream::new(1, Rc::clone(&shared));
+    let s = Stream::new(1, Rc::clone(&worker));
     assert_eq!(s.borrow_mut().on_request_headers(&host), Flow::Pause);
     assert!(host.dispatched.get());
     s.borrow_mut().on_callout_reply(&host, 100);
@@ -143,7 +143,7 @@ fn main() {
     host.calls.set(0);
     let t0 = Instant::now();
     for i in 0..iterations {
-        let s = Stream::new(i as u32 + 2, Rc::clone(&shared));
+        let s = Stream::new(i as u32 + 2, Rc::clone(&worker));
         let mut s = s.borrow_mut();
         assert_eq!(s.on_request_headers(&host), Flow::Continue);
         s.on_response_headers(&host);

@@ -4,12 +4,13 @@
 
 use crate::endpoints::{Class, EndpointTable};
 use std::cell::RefCell;
+use std::hash::Hasher;
 
-const SLOTS: usize = 64;
+const ENTRIES: usize = 64;
 /// Longer paths (artifact paths) are classified without being remembered.
 const MAX_PATH: usize = 160;
 
-struct Slot {
+struct Entry {
     method: String,
     path: String,
     class: Class,
@@ -17,18 +18,15 @@ struct Slot {
 
 #[derive(Default)]
 pub struct ClassMemo {
-    slots: RefCell<Vec<Option<Slot>>>,
+    entries: RefCell<Vec<Option<Entry>>>,
 }
 
-fn slot_of(method: &str, path: &str) -> usize {
-    let h = method
-        .bytes()
-        .chain([b' '])
-        .chain(path.bytes())
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    (h % SLOTS as u64) as usize
+fn position(method: &str, path: &str) -> usize {
+    let mut h = fnv::FnvHasher::default();
+    h.write(method.as_bytes());
+    h.write_u8(b' ');
+    h.write(path.as_bytes());
+    (h.finish() % ENTRIES as u64) as usize
 }
 
 impl ClassMemo {
@@ -36,18 +34,18 @@ impl ClassMemo {
         if path.len() > MAX_PATH {
             return table.classify(method, path);
         }
-        let i = slot_of(method, path);
-        let Ok(mut slots) = self.slots.try_borrow_mut() else {
+        let i = position(method, path);
+        let Ok(mut entries) = self.entries.try_borrow_mut() else {
             return table.classify(method, path);
         };
-        if slots.is_empty() {
-            slots.resize_with(SLOTS, || None);
+        if entries.is_empty() {
+            entries.resize_with(ENTRIES, || None);
         }
-        match slots.get_mut(i) {
-            Some(Some(s)) if s.method == method && s.path == path => s.class,
-            Some(slot) => {
+        match entries.get_mut(i) {
+            Some(Some(e)) if e.method == method && e.path == path => e.class,
+            Some(entry) => {
                 let class = table.classify(method, path);
-                *slot = Some(Slot {
+                *entry = Some(Entry {
                     method: method.to_string(),
                     path: path.to_string(),
                     class,

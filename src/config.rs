@@ -15,7 +15,19 @@ pub enum KeyForm {
     Body,
 }
 
-/// Places a client may put its key, in the contract's order of precedence.
+impl KeyForm {
+    /// The configuration's own spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Body => "body",
+        }
+    }
+}
+
+/// Places a client may put its key. Which of them a request may use is
+/// configured; which one wins when several carry the same key is fixed by
+/// the contract (`credential::extract`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -24,6 +36,19 @@ pub enum Source {
     XApiKey,
     Query,
     Basic,
+}
+
+impl Source {
+    /// The configuration's own spelling, also used in the audit line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "bearer",
+            Self::ApiKey => "api_key",
+            Self::XApiKey => "x_api_key",
+            Self::Query => "query",
+            Self::Basic => "basic",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,148 +387,25 @@ impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config, String> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
-
-        let a = raw.auth;
-        nonempty("auth.cluster", &a.cluster)?;
-        nonempty("auth.service_id", &a.service_id)?;
-        if a.service_id.bytes().any(|b| b < b' ' || b == 0x7f) {
-            return Err(err(
-                "auth.service_id",
-                "must not contain control characters",
-            ));
-        }
-        absolute_path("auth.path", &a.path)?;
-        range("auth.timeout_ms", a.timeout_ms, 10, 60_000)?;
-        let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
-        if authority.is_empty()
-            || authority
-                .bytes()
-                .any(|b| b <= b' ' || b >= 0x7f || b == b'/')
-        {
-            return Err(err("auth.authority", "must be a host[:port]"));
-        }
-
-        let c = raw.credentials;
-        if c.sources.is_empty() {
-            return Err(err("credentials.sources", "must name at least one source"));
-        }
-        let mut sources = Vec::new();
-        for s in c.sources {
-            if sources.contains(&s) {
-                return Err(err("credentials.sources", "lists a source twice"));
-            }
-            sources.push(s);
-        }
-        range(
-            "credentials.max_key_length",
-            c.max_key_length as u64,
-            8,
-            4096,
-        )?;
-
-        let k = raw.cache;
-        range("cache.slots", k.slots.into(), 16, 1 << 20)?;
-        range("cache.ttl_seconds", k.ttl_seconds, 1, 86_400)?;
-        range(
-            "cache.negative_ttl_seconds",
-            k.negative_ttl_seconds,
-            0,
-            86_400,
-        )?;
-        range(
-            "cache.stale_if_error_seconds",
-            k.stale_if_error_seconds,
-            0,
-            86_400,
-        )?;
-
-        let m = raw.mlflow;
-        let mut mount_prefixes = Vec::new();
-        for p in m.mount_prefixes {
-            absolute_path("mlflow.mount_prefixes", &p)?;
-            let p = p.trim_end_matches('/').to_string();
-            if p.is_empty() {
-                return Err(err("mlflow.mount_prefixes", "\"/\" is not a mount prefix"));
-            }
-            mount_prefixes.push(p);
-        }
-        // Longest first, so that nested mounts strip the most specific one.
-        mount_prefixes.sort_by_key(|p| std::cmp::Reverse(p.len()));
-
-        let public_paths = match raw.public_paths {
-            None => default_public_paths(),
-            Some(map) => {
-                let mut v = Vec::new();
-                for (from, to) in map {
-                    absolute_path("public_paths", &from)?;
-                    absolute_path("public_paths", &to)?;
-                    v.push((from, to));
-                }
-                v
-            }
-        };
-
-        let user_id_header =
-            header_name("identity_headers.user_id", &raw.identity_headers.user_id)?;
-        let key_id_header = header_name("identity_headers.key_id", &raw.identity_headers.key_id)?;
-        if user_id_header == key_id_header {
-            return Err(err("identity_headers", "user_id and key_id must differ"));
-        }
-        for reserved in ["authorization", "x-api-key", "host"] {
-            if user_id_header == reserved || key_id_header == reserved {
-                return Err(err("identity_headers", "must not name a credential header"));
-            }
-        }
-
-        let s = raw.scopes;
-        let scopes = ScopeConfig {
-            read: scope_list("scopes.read", s.read)?,
-            write: scope_list("scopes.write", s.write)?,
-            admin: scope_list("scopes.admin", s.admin)?,
-            registry_writes_admin_only: s.registry_writes_admin_only,
-        };
-
-        let r = raw.rate_limit;
-        let rate_limit = if r.enabled {
-            range(
-                "rate_limit.default_per_hour",
-                r.default_per_hour,
-                1,
-                1 << 32,
-            )?;
-            range("rate_limit.slots", r.slots.into(), 16, 1 << 20)?;
-            Some(RateLimitConfig {
-                default_per_hour: r.default_per_hour,
-                slots: r.slots,
-            })
-        } else {
-            None
-        };
-
+        // Checked in the order of the sections, so the first bad one is named.
+        let auth = auth_service(raw.auth)?;
+        let (sources, max_key_length) = credentials(raw.credentials)?;
+        let cache = cache(raw.cache)?;
+        let mount_prefixes = mount_prefixes(raw.mlflow.mount_prefixes)?;
+        let public_paths = public_paths(raw.public_paths)?;
+        let (user_id_header, key_id_header) = identity_headers(raw.identity_headers)?;
         Ok(Config {
-            auth: AuthService {
-                cluster: a.cluster,
-                authority,
-                path: a.path,
-                service_id: a.service_id,
-                timeout: Duration::from_millis(a.timeout_ms),
-                key_form: a.key_form,
-            },
+            auth,
             sources,
-            max_key_length: c.max_key_length,
-            cache: CacheConfig {
-                slots: k.slots,
-                ttl_ms: k.ttl_seconds * 1000,
-                negative_ttl_ms: k.negative_ttl_seconds * 1000,
-                stale_if_error_ms: k.stale_if_error_seconds * 1000,
-            },
+            max_key_length,
+            cache,
             mount_prefixes,
-            ajax_api: m.ajax_api,
+            ajax_api: raw.mlflow.ajax_api,
             public_paths,
             user_id_header,
             key_id_header,
-            scopes,
-            rate_limit,
+            scopes: scopes(raw.scopes)?,
+            rate_limit: rate_limit(raw.rate_limit)?,
             audit_log: raw.audit_log,
         })
     }
@@ -511,6 +413,146 @@ impl Config {
     pub fn accepts(&self, source: Source) -> bool {
         self.sources.contains(&source)
     }
+}
+
+fn auth_service(a: RawAuth) -> Result<AuthService, String> {
+    nonempty("auth.cluster", &a.cluster)?;
+    nonempty("auth.service_id", &a.service_id)?;
+    if a.service_id.bytes().any(|b| b < b' ' || b == 0x7f) {
+        return Err(err(
+            "auth.service_id",
+            "must not contain control characters",
+        ));
+    }
+    absolute_path("auth.path", &a.path)?;
+    range("auth.timeout_ms", a.timeout_ms, 10, 60_000)?;
+    let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
+    if authority.is_empty()
+        || authority
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'/')
+    {
+        return Err(err("auth.authority", "must be a host[:port]"));
+    }
+    Ok(AuthService {
+        cluster: a.cluster,
+        authority,
+        path: a.path,
+        service_id: a.service_id,
+        timeout: Duration::from_millis(a.timeout_ms),
+        key_form: a.key_form,
+    })
+}
+
+fn credentials(c: RawCredentials) -> Result<(Vec<Source>, usize), String> {
+    if c.sources.is_empty() {
+        return Err(err("credentials.sources", "must name at least one source"));
+    }
+    let mut sources = Vec::new();
+    for s in c.sources {
+        if sources.contains(&s) {
+            return Err(err("credentials.sources", "lists a source twice"));
+        }
+        sources.push(s);
+    }
+    range(
+        "credentials.max_key_length",
+        c.max_key_length as u64,
+        8,
+        4096,
+    )?;
+    Ok((sources, c.max_key_length))
+}
+
+fn cache(k: RawCache) -> Result<CacheConfig, String> {
+    range("cache.slots", k.slots.into(), 16, 1 << 20)?;
+    range("cache.ttl_seconds", k.ttl_seconds, 1, 86_400)?;
+    range(
+        "cache.negative_ttl_seconds",
+        k.negative_ttl_seconds,
+        0,
+        86_400,
+    )?;
+    range(
+        "cache.stale_if_error_seconds",
+        k.stale_if_error_seconds,
+        0,
+        86_400,
+    )?;
+    Ok(CacheConfig {
+        slots: k.slots,
+        ttl_ms: k.ttl_seconds * 1000,
+        negative_ttl_ms: k.negative_ttl_seconds * 1000,
+        stale_if_error_ms: k.stale_if_error_seconds * 1000,
+    })
+}
+
+fn mount_prefixes(raw: Vec<String>) -> Result<Vec<String>, String> {
+    let mut mounts = Vec::new();
+    for p in raw {
+        absolute_path("mlflow.mount_prefixes", &p)?;
+        let p = p.trim_end_matches('/').to_string();
+        if p.is_empty() {
+            return Err(err("mlflow.mount_prefixes", "\"/\" is not a mount prefix"));
+        }
+        mounts.push(p);
+    }
+    // Longest first, so that nested mounts strip the most specific one.
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    Ok(mounts)
+}
+
+fn public_paths(raw: Option<BTreeMap<String, String>>) -> Result<Vec<(String, String)>, String> {
+    let Some(map) = raw else {
+        return Ok(default_public_paths());
+    };
+    let mut paths = Vec::new();
+    for (from, to) in map {
+        absolute_path("public_paths", &from)?;
+        absolute_path("public_paths", &to)?;
+        paths.push((from, to));
+    }
+    Ok(paths)
+}
+
+fn identity_headers(raw: RawIdentityHeaders) -> Result<(String, String), String> {
+    let user_id = header_name("identity_headers.user_id", &raw.user_id)?;
+    let key_id = header_name("identity_headers.key_id", &raw.key_id)?;
+    if user_id == key_id {
+        return Err(err("identity_headers", "user_id and key_id must differ"));
+    }
+    for reserved in ["authorization", "x-api-key", "host"] {
+        if user_id == reserved || key_id == reserved {
+            return Err(err("identity_headers", "must not name a credential header"));
+        }
+    }
+    Ok((user_id, key_id))
+}
+
+fn scopes(s: RawScopes) -> Result<ScopeConfig, String> {
+    Ok(ScopeConfig {
+        read: scope_list("scopes.read", s.read)?,
+        write: scope_list("scopes.write", s.write)?,
+        admin: scope_list("scopes.admin", s.admin)?,
+        registry_writes_admin_only: s.registry_writes_admin_only,
+    })
+}
+
+fn rate_limit(r: RawRateLimit) -> Result<Option<RateLimitConfig>, String> {
+    if !r.enabled {
+        return Ok(None);
+    }
+    range(
+        "rate_limit.default_per_hour",
+        r.default_per_hour,
+        1,
+        1 << 32,
+    )?;
+    range("rate_limit.slots", r.slots.into(), 16, 1 << 20)?;
+    Ok(Some(RateLimitConfig {
+        default_per_hour: r.default_per_hour,
+        slots: r.slots,
+    }))
 }
 
 #[cfg(test)]

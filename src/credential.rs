@@ -1,7 +1,10 @@
-//! Finding the API key in a request: every place the contract allows, in its
-//! order of precedence, with ambiguity treated as an error rather than a guess.
+//! Credentials in a request: finding the API key (every place the contract
+//! allows, in its order of precedence, with ambiguity treated as an error
+//! rather than a guess) and removing every credential and client-made
+//! identity claim before the request goes anywhere.
 
 use crate::config::{Config, Source};
+use crate::host::Host;
 
 /// The key a request carries and where it was found.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,17 +52,87 @@ impl CredentialError {
     }
 }
 
-/// Where credentials can sit in a request, as read from its headers.
+/// Where credentials and identity claims sit in a request, as read from its
+/// headers in place.
 #[derive(Default, Debug)]
 pub struct Presented<'a> {
     pub authorization: Vec<&'a [u8]>,
     pub x_api_key: Vec<&'a [u8]>,
     /// The raw query string, without the `?`.
     pub query: Option<&'a str>,
+    /// Identity headers the client sent itself, and underscore spellings of
+    /// any protected header: removed, never read.
+    claims: Vec<&'a str>,
 }
 
 /// The query parameter that may carry a key.
 pub const QUERY_PARAM: &str = "api_key";
+
+impl<'a> Presented<'a> {
+    /// Notes a request header that carries a credential or an identity claim.
+    pub fn note(&mut self, name: &'a str, value: &'a [u8], cfg: &Config) {
+        match name {
+            "authorization" => self.authorization.push(value),
+            "x-api-key" => self.x_api_key.push(value),
+            n if n == cfg.user_id_header || n == cfg.key_id_header => self.claim(n),
+            // Servers behind WSGI/ASGI adapters read `x_hokusai_user_id` as
+            // `x-hokusai-user-id`: underscore spellings of protected headers go too.
+            n if n.contains('_') && is_protected(n, cfg) => self.claim(n),
+            _ => {}
+        }
+    }
+
+    fn claim(&mut self, name: &'a str) {
+        if !self.claims.contains(&name) {
+            self.claims.push(name);
+        }
+    }
+
+    /// Removes every credential header and identity claim noted. The query
+    /// key goes with the path rewrite (`remove_query_key`).
+    pub fn remove_from<H: Host>(&self, host: &H) {
+        if !self.authorization.is_empty() {
+            host.set_request_header("authorization", None);
+        }
+        if !self.x_api_key.is_empty() {
+            host.set_request_header("x-api-key", None);
+        }
+        for name in &self.claims {
+            host.set_request_header(name, None);
+        }
+    }
+}
+
+/// Whether `name`, read with `_` as `-`, is a credential or identity header.
+fn is_protected(name: &str, cfg: &Config) -> bool {
+    let same = |protected: &str| {
+        name.len() == protected.len()
+            && name
+                .bytes()
+                .zip(protected.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    };
+    same(&cfg.user_id_header)
+        || same(&cfg.key_id_header)
+        || same("x-api-key")
+        || same("authorization")
+}
+
+/// The query without any key parameter, the rest kept byte for byte; None
+/// when there was none.
+pub fn remove_query_key(query: &str) -> Option<String> {
+    let mut removed = false;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            let drop = param_name_is(k, QUERY_PARAM);
+            removed |= drop;
+            !drop
+        })
+        .collect();
+    removed.then(|| kept.join("&"))
+}
 
 /// Finds the one key a request carries, or says why there is none to use.
 pub fn extract(p: &Presented<'_>, cfg: &Config) -> Result<Credential, CredentialError> {
@@ -298,6 +371,7 @@ mod tests {
             authorization: auth.iter().map(|s| s.as_bytes()).collect(),
             x_api_key: xkey.iter().map(|s| s.as_bytes()).collect(),
             query,
+            ..Presented::default()
         };
         extract(&p, &cfg())
     }
@@ -458,11 +532,56 @@ mod tests {
         )
         .unwrap();
         let p = Presented {
-            authorization: vec![],
             x_api_key: vec![b"hk_a"],
             query: Some("api_key=hk_b"),
+            ..Presented::default()
         };
         assert_eq!(extract(&p, &cfg), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn key_parameter_is_removed_and_the_rest_kept_byte_for_byte() {
+        assert_eq!(remove_query_key("api_key=k").as_deref(), Some(""));
+        assert_eq!(
+            remove_query_key("a=1&api_key=k&b=%20x&c").as_deref(),
+            Some("a=1&b=%20x&c")
+        );
+        assert_eq!(
+            remove_query_key("api%5Fkey=k&api_key=k&z=1").as_deref(),
+            Some("z=1")
+        );
+        assert_eq!(remove_query_key("api_key").as_deref(), Some(""));
+        assert_eq!(remove_query_key("x_api_key=k&a=1"), None);
+        assert_eq!(remove_query_key(""), None);
+    }
+
+    #[test]
+    fn protected_headers_are_noted_in_every_spelling() {
+        let cfg = cfg();
+        let mut p = Presented::default();
+        for name in [
+            "authorization",
+            "x-api-key",
+            "x-hokusai-user-id",
+            "x_hokusai_user_id",
+            "x_hokusai_api_key_id",
+            "x_api_key",
+            "x-hokusai-user-id",
+            "x_other",
+        ] {
+            p.note(name, b"v", &cfg);
+        }
+        assert_eq!(p.authorization.len(), 1);
+        assert_eq!(p.x_api_key.len(), 1);
+        assert_eq!(
+            p.claims,
+            vec![
+                "x-hokusai-user-id",
+                "x_hokusai_user_id",
+                "x_hokusai_api_key_id",
+                "x_api_key"
+            ]
+        );
     }
 
     #[test]

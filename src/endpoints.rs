@@ -14,6 +14,8 @@
 //!   line is classified like `GET` (Flask serves HEAD with the GET view);
 //! - the first matching line in file order wins; no match is [`Class::Write`].
 
+use std::hash::Hasher;
+
 /// What an MLflow endpoint does, for authorization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
@@ -21,6 +23,18 @@ pub enum Class {
     Write,
     RegistryWrite,
     Admin,
+}
+
+impl Class {
+    /// The policy table's own spelling, also used in the audit line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::RegistryWrite => "registry-write",
+            Self::Admin => "admin",
+        }
+    }
 }
 
 /// Number of leading path segments used to index the table.
@@ -78,17 +92,14 @@ fn segments(body: &str) -> impl Iterator<Item = &str> {
 /// FNV-1a over the segments, with a separator byte that never occurs in UTF-8, and
 /// the segment count.
 fn index_key<'a>(segs: impl Iterator<Item = &'a str>) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = fnv::FnvHasher::default();
     let mut count: u64 = 0;
     for seg in segs {
-        for &b in seg.as_bytes().iter().chain(core::iter::once(&0xff_u8)) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(PRIME);
-        }
+        hash.write(seg.as_bytes());
+        hash.write_u8(0xff);
         count += 1;
     }
-    hash ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    hash.finish() ^ count.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 fn parse_class(word: &str) -> Option<Class> {
@@ -157,6 +168,57 @@ fn parse_pattern(pattern: &str) -> Result<(Box<[Seg]>, bool), String> {
     Ok((segs.into_boxed_slice(), tail))
 }
 
+/// One `CLASS METHOD PATTERN` line; `methods` collects the distinct methods.
+fn parse_line(line: usize, content: &str, methods: &mut Vec<Box<str>>) -> Result<Entry, String> {
+    let mut words = content.split_whitespace();
+    let (Some(class), Some(method), Some(pattern)) = (words.next(), words.next(), words.next())
+    else {
+        return Err(format!("expected `CLASS METHOD PATTERN`, got `{content}`"));
+    };
+    if let Some(extra) = words.next() {
+        if !extra.starts_with('#') {
+            return Err(format!("unexpected `{extra}` after the pattern"));
+        }
+    }
+    let class = parse_class(class)
+        .ok_or_else(|| format!("unknown class `{class}` (read, write, registry-write, admin)"))?;
+    let method =
+        parse_method(method)?.map(|m| match methods.iter().position(|known| *known == m) {
+            Some(idx) => idx,
+            None => {
+                methods.push(m);
+                methods.len() - 1
+            }
+        });
+    let (segs, tail) = parse_pattern(pattern)?;
+    Ok(Entry {
+        class,
+        method,
+        segs,
+        tail,
+        line,
+    })
+}
+
+/// The entries by index key (sorted), and those that must be checked for every path.
+type Index = (Vec<(u64, Vec<usize>)>, Vec<usize>);
+
+fn index(entries: &[Entry]) -> Index {
+    let mut buckets: Vec<(u64, Vec<usize>)> = Vec::new();
+    let mut unindexed = Vec::new();
+    for (idx, entry) in entries.iter().enumerate() {
+        match entry.key() {
+            None => unindexed.push(idx),
+            Some(key) => match buckets.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, list)) => list.push(idx),
+                None => buckets.push((key, vec![idx])),
+            },
+        }
+    }
+    buckets.sort_by_key(|(k, _)| *k);
+    (buckets, unindexed)
+}
+
 impl Entry {
     /// The index key, or `None` when the entry must be checked for every path.
     fn key(&self) -> Option<u64> {
@@ -221,8 +283,8 @@ impl<'a> PathSegs<'a> {
     fn new(body: &'a str) -> Self {
         let mut segs = [""; MAX_SEGS + 1];
         let mut len = 0;
-        for (slot, seg) in segs.iter_mut().zip(segments(body)) {
-            *slot = seg;
+        for (out, seg) in segs.iter_mut().zip(segments(body)) {
+            *out = seg;
             len += 1;
         }
         Self { segs, len }
@@ -250,44 +312,8 @@ impl EndpointTable {
             if content.is_empty() || content.starts_with('#') {
                 continue;
             }
-            let mut words = content.split_whitespace();
-            let (Some(class), Some(method), Some(pattern)) =
-                (words.next(), words.next(), words.next())
-            else {
-                return Err(format!(
-                    "endpoints table line {line}: expected `CLASS METHOD PATTERN`, got `{content}`"
-                ));
-            };
-            if let Some(extra) = words.next() {
-                if !extra.starts_with('#') {
-                    return Err(format!(
-                        "endpoints table line {line}: unexpected `{extra}` after the pattern"
-                    ));
-                }
-            }
-            let class = parse_class(class).ok_or_else(|| {
-                format!(
-                    "endpoints table line {line}: unknown class `{class}` (read, write, registry-write, admin)"
-                )
-            })?;
-            let method = parse_method(method)
-                .map_err(|e| format!("endpoints table line {line}: {e}"))?
-                .map(|m| match methods.iter().position(|known| *known == m) {
-                    Some(idx) => idx,
-                    None => {
-                        methods.push(m);
-                        methods.len() - 1
-                    }
-                });
-            let (segs, tail) =
-                parse_pattern(pattern).map_err(|e| format!("endpoints table line {line}: {e}"))?;
-            let entry = Entry {
-                class,
-                method,
-                segs,
-                tail,
-                line,
-            };
+            let entry = parse_line(line, content, &mut methods)
+                .map_err(|e| format!("endpoints table line {line}: {e}"))?;
             if let Some(dup) = entries.iter().find(|e| e.same_rule(&entry)) {
                 return Err(format!(
                     "endpoints table line {line}: duplicates line {} (only the first can match)",
@@ -296,19 +322,7 @@ impl EndpointTable {
             }
             entries.push(entry);
         }
-
-        let mut buckets: Vec<(u64, Vec<usize>)> = Vec::new();
-        let mut unindexed = Vec::new();
-        for (idx, entry) in entries.iter().enumerate() {
-            match entry.key() {
-                None => unindexed.push(idx),
-                Some(key) => match buckets.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, list)) => list.push(idx),
-                    None => buckets.push((key, vec![idx])),
-                },
-            }
-        }
-        buckets.sort_by_key(|(k, _)| *k);
+        let (buckets, unindexed) = index(&entries);
         Ok(Self {
             entries,
             methods,

@@ -1,22 +1,27 @@
-//! The request state machine: one `Stream` per HTTP request, one `Shared`
-//! per worker VM. Every host interaction goes through `Host`.
+//! The request state machine: one `Stream` per HTTP request, one `Worker`
+//! per VM (Envoy runs a VM per worker thread). A request goes through named
+//! steps: read its headers, remove its credentials, rewrite its path, let
+//! public ones through, find its key, get a verdict (the cache, else the
+//! callout another request already has in flight, else a callout of its
+//! own), admit it (verdict, scopes, rate limit) and forward it. Every
+//! refusal goes through `Stream::deny`; every host interaction through `Host`.
 
-use crate::cache::{self, Cached, Digest, Entry, Lookup};
+use crate::audit::{Audit, CacheState};
 use crate::class_memo::ClassMemo;
 use crate::config::Config;
-use crate::credential::{self, Presented, QUERY_PARAM};
+use crate::credential::{self, Credential, Presented};
+use crate::denial::Denial;
 use crate::endpoints::{Class, EndpointTable};
 use crate::flight::Flights;
-use crate::host::{Host, Level};
-use crate::local_cache::LocalCache;
+use crate::host::{Headers, Host, Level};
 use crate::metrics::Counter;
 use crate::policy;
-use crate::ratelimit::{self, Window};
-use crate::reply::{self, Reply};
+use crate::ratelimit::{RateLimiter, Window};
+use crate::reply;
 use crate::rewrite;
 use crate::validation::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
+use crate::verdict_cache::{Cached, Digest, Lookup, Namespace, VerdictCache};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 /// What the host should do with the request after a callback.
@@ -26,63 +31,39 @@ pub enum Flow {
     Pause,
 }
 
-/// Per-VM state: configuration and what streams share with each other.
-pub struct Shared {
+/// A stream waiting on another stream's callout, to be resumed by it.
+type Waiter = Weak<RefCell<Stream>>;
+
+/// Per-worker state: the configuration and what the worker's streams share.
+pub struct Worker {
     pub cfg: Config,
-    table: EndpointTable,
+    endpoints: EndpointTable,
     classes: ClassMemo,
-    local: LocalCache,
-    namespace: Digest,
-    flights: RefCell<Flights>,
-    /// Streams waiting on another stream's callout, to be resumed by it.
-    waiters: RefCell<HashMap<u32, Weak<RefCell<Stream>>>>,
+    namespace: Namespace,
+    cache: VerdictCache,
+    rate: Option<RateLimiter>,
+    flights: RefCell<Flights<Waiter>>,
 }
 
-impl Shared {
+impl Worker {
     pub fn new(cfg: Config) -> Result<Self, String> {
-        let local_capacity = cfg.cache.slots as usize;
-        let table = EndpointTable::builtin()?;
-        let form = format!("{:?}", cfg.auth.key_form);
-        let namespace = cache::namespace(&[
-            &cfg.auth.cluster,
-            &cfg.auth.authority,
-            &cfg.auth.path,
-            &cfg.auth.service_id,
-            &form,
-        ]);
         Ok(Self {
-            cfg,
-            table,
+            endpoints: EndpointTable::builtin()?,
             classes: ClassMemo::default(),
-            local: LocalCache::new(local_capacity),
-            namespace,
+            namespace: Namespace::of(&cfg.auth),
+            cache: VerdictCache::new(&cfg.cache),
+            rate: cfg.rate_limit.as_ref().map(RateLimiter::new),
             flights: RefCell::default(),
-            waiters: RefCell::default(),
+            cfg,
         })
     }
 }
 
-const CACHE_PREFIX: &str = "hokusai_auth.v1.cache.";
-const RATE_PREFIX: &str = "hokusai_auth.v1.rate.";
-const CAS_ATTEMPTS: usize = 8;
-
-/// How the verdict was reached, for the audit line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CacheState {
-    None,
-    Hit,
-    Miss,
-    Shared,
-    Stale,
-}
-
-#[derive(Debug)]
 enum State {
     Start,
     /// This stream's callout is in flight.
     Leading {
         digest: Digest,
-        slot: u32,
         stale: Option<Identity>,
         since_ms: u64,
     },
@@ -96,121 +77,121 @@ enum State {
 
 pub struct Stream {
     id: u32,
-    me: Weak<RefCell<Stream>>,
-    shared: Rc<Shared>,
+    me: Waiter,
+    worker: Rc<Worker>,
     state: State,
     class: Class,
-    method: String,
-    path: String,
-    /// The key's digest; the audit line shows 8 hex digits of it.
+    /// The key's digest, once the key is known.
     digest: Option<Digest>,
-    cache: CacheState,
-    /// Decision for the audit line: verdict name and the status we sent.
-    verdict: &'static str,
-    user_id: Option<String>,
-    key_id: Option<String>,
+    /// The key's rate-limit window, for the response headers.
     window: Option<Window>,
     /// Read once per callback: one clock hostcall serves the whole decision.
     now_ms: u64,
     finished: bool,
+    /// None when the audit line is off.
+    audit: Option<Box<Audit>>,
+}
+
+/// The facts of a request's headers, read in one pass without copying.
+struct Request<'h> {
+    method: &'h str,
+    path: &'h str,
+    forwarded_for: Option<&'h [u8]>,
+    presented: Presented<'h>,
+}
+
+impl<'h> Request<'h> {
+    fn read(headers: &'h Headers, cfg: &Config) -> Request<'h> {
+        let mut r = Request {
+            method: "",
+            path: "",
+            forwarded_for: None,
+            presented: Presented::default(),
+        };
+        for (name, value) in headers.iter() {
+            match name {
+                ":method" => r.method = std::str::from_utf8(value).unwrap_or(""),
+                ":path" => r.path = std::str::from_utf8(value).unwrap_or(""),
+                "x-forwarded-for" => r.forwarded_for = r.forwarded_for.or(Some(value)),
+                _ => r.presented.note(name, value, cfg),
+            }
+        }
+        r
+    }
 }
 
 impl Stream {
-    pub fn new(id: u32, shared: Rc<Shared>) -> Rc<RefCell<Stream>> {
+    pub fn new(id: u32, worker: Rc<Worker>) -> Rc<RefCell<Stream>> {
+        let audit = worker.cfg.audit_log.then(Box::default);
         Rc::new_cyclic(|me| {
             RefCell::new(Stream {
                 id,
                 me: me.clone(),
-                shared,
+                worker,
                 state: State::Start,
                 class: Class::Write,
-                method: String::new(),
-                path: String::new(),
                 digest: None,
-                cache: CacheState::None,
-                verdict: "none",
-                user_id: None,
-                key_id: None,
                 window: None,
                 now_ms: 0,
                 finished: false,
+                audit,
             })
         })
     }
 
     pub fn on_request_headers<H: Host>(&mut self, host: &H) -> Flow {
-        let shared = Rc::clone(&self.shared);
-        let cfg = &shared.cfg;
+        let worker = Rc::clone(&self.worker);
         let headers = host.request_headers();
-
-        let mut raw_path: &str = "";
-        let mut method: &[u8] = b"";
-        let mut presented = Presented::default();
-        let mut forwarded_for = None;
-        let (mut has_user_header, mut has_key_header) = (false, false);
-        // Servers behind WSGI/ASGI adapters read `x_hokusai_user_id` as
-        // `x-hokusai-user-id`: underscore spellings of protected headers go too.
-        let mut underscored: Vec<&str> = Vec::new();
-        for (name, value) in headers.iter() {
-            match name {
-                ":method" => method = value,
-                ":path" => raw_path = std::str::from_utf8(value).unwrap_or(""),
-                "authorization" => presented.authorization.push(value),
-                "x-api-key" => presented.x_api_key.push(value),
-                "x-forwarded-for" => forwarded_for = forwarded_for.or(Some(value)),
-                n if n == cfg.user_id_header => has_user_header = true,
-                n if n == cfg.key_id_header => has_key_header = true,
-                n if n.contains('_') && is_protected(n, cfg) => underscored.push(n),
-                _ => {}
-            }
-        }
-
+        let mut request = Request::read(&headers, &worker.cfg);
         // Whatever happens next, no credential and no client-made identity
         // travels upstream.
-        if has_user_header {
-            host.set_request_header(&cfg.user_id_header, None);
+        request.presented.remove_from(host);
+        if let Some(a) = self.audit_mut() {
+            a.method = request.method.to_string();
         }
-        if has_key_header {
-            host.set_request_header(&cfg.key_id_header, None);
+        let (path, query) = rewrite::split(request.path);
+        request.presented.query = query;
+        let Some((mlflow_path, public)) = self.rewrite_path(host, path, query) else {
+            return self.deny(host, Denial::AmbiguousPath);
+        };
+        if public || request.method == "OPTIONS" {
+            return self.pass_public(host);
         }
-        if !presented.authorization.is_empty() {
-            host.set_request_header("authorization", None);
-        }
-        if !presented.x_api_key.is_empty() {
-            host.set_request_header("x-api-key", None);
-        }
-        for name in underscored {
-            host.set_request_header(name, None);
-        }
+        let credential = match credential::extract(&request.presented, &worker.cfg) {
+            Ok(c) => c,
+            Err(e) => return self.deny(host, Denial::Credential(e)),
+        };
+        self.class = worker
+            .classes
+            .classify(&worker.endpoints, request.method, mlflow_path);
+        self.find_verdict(host, &credential, request.forwarded_for)
+    }
 
-        let method = std::str::from_utf8(method).unwrap_or("");
-        // The audit line's facts are kept only when it will be written.
-        if cfg.audit_log {
-            self.method = method.to_string();
-        }
-        let (path, query) = rewrite::split(raw_path);
+    /// Checks the path and rewrites it for MLflow: mount stripped, public
+    /// path mapped, `api/` → `ajax-api/` if configured, the query's key
+    /// removed. The MLflow path and whether it is public; None when the
+    /// path is ambiguous.
+    fn rewrite_path<'p, H: Host>(
+        &mut self,
+        host: &H,
+        path: &'p str,
+        query: Option<&str>,
+    ) -> Option<(&'p str, bool)> {
+        let worker = Rc::clone(&self.worker);
+        let cfg = &worker.cfg;
         if !rewrite::is_unambiguous(path) {
-            if cfg.audit_log {
-                self.path = "<refused>".into();
-            }
-            return self.refuse(host, Counter::DeniedBadRequest, "bad_path", &reply::bad_request(
-                "the request path is ambiguous (dot segments, doubled or encoded slashes, ';' or encoded unreserved characters)",
-            ));
+            self.note_path("<refused>");
+            return None;
         }
-        let stripped_query = query.and_then(|q| rewrite::strip_param(q, QUERY_PARAM));
+        let stripped_query = query.and_then(credential::remove_query_key);
         let upstream_query = stripped_query.as_deref().or(query);
-        presented.query = query;
-
         let public = cfg.public_paths.iter().find(|(from, _)| from == path);
         let mlflow_path = rewrite::strip_mount(path, &cfg.mount_prefixes);
-        if cfg.audit_log {
-            self.path = mlflow_path.to_string();
-        }
-        let ajax = if cfg.ajax_api {
-            rewrite::ajax_map(mlflow_path)
-        } else {
-            None
-        };
+        self.note_path(mlflow_path);
+        let ajax = cfg
+            .ajax_api
+            .then(|| rewrite::ajax_map(mlflow_path))
+            .flatten();
         let upstream_path = match public {
             Some((_, to)) => to.as_str(),
             None => ajax.as_deref().unwrap_or(mlflow_path),
@@ -218,76 +199,91 @@ impl Stream {
         if upstream_path != path || stripped_query.is_some() {
             host.set_request_header(":path", Some(&rewrite::join(upstream_path, upstream_query)));
         }
+        Some((mlflow_path, public.is_some()))
+    }
 
-        if public.is_some() || method == "OPTIONS" {
-            self.verdict = "public";
-            self.state = State::Done;
-            host.count(Counter::Public);
-            return Flow::Continue;
-        }
+    /// Public paths and CORS preflights need no key.
+    fn pass_public<H: Host>(&mut self, host: &H) -> Flow {
+        self.state = State::Done;
+        self.decided("public");
+        host.count(Counter::Public);
+        Flow::Continue
+    }
 
-        let credential = match credential::extract(&presented, cfg) {
-            Ok(c) => c,
-            Err(e) => {
-                return self.refuse(
-                    host,
-                    Counter::DeniedUnauthenticated,
-                    e.reason(),
-                    &reply::unauthenticated(e.message()),
-                );
-            }
-        };
-        self.class = shared.classes.classify(&shared.table, method, mlflow_path);
-
-        let digest = cache::digest(&shared.namespace, &credential.key);
+    /// The cache, else the callout another request has in flight for the
+    /// same key, else a callout of this request's own.
+    fn find_verdict<H: Host>(
+        &mut self,
+        host: &H,
+        credential: &Credential,
+        forwarded_for: Option<&[u8]>,
+    ) -> Flow {
+        let worker = Rc::clone(&self.worker);
+        let digest = worker.namespace.digest(&credential.key);
         self.digest = Some(digest);
-        let slot = cache::slot_of(&digest, cfg.cache.slots);
-        self.now_ms = host.now_ms();
-        let now = self.now_ms;
-        if let Some(cached) = shared.local.get(&digest, now) {
-            return self.cache_hit(host, cached);
+        if let Some(a) = self.audit_mut() {
+            a.source = Some(credential.source);
         }
-        let (bytes, _) = host.shared_get(&slot_key(CACHE_PREFIX, slot.into()));
-        let stale = match cache::lookup(bytes.as_deref(), &digest, now, cfg.cache.stale_if_error_ms)
-        {
-            Lookup::Fresh(cached, expires_at_ms) => {
-                shared.local.put(digest, cached.clone(), expires_at_ms);
-                return self.cache_hit(host, cached);
-            }
+        self.now_ms = host.now_ms();
+        let stale = match worker.cache.lookup(host, &digest, self.now_ms) {
+            Lookup::Fresh(cached) => return self.cache_hit(host, cached),
             Lookup::Stale(id) => Some(id),
             Lookup::Miss => None,
         };
-        self.cache = CacheState::Miss;
+        self.note_cache(CacheState::Miss);
         host.count(Counter::CacheMiss);
-
-        if shared.flights.borrow_mut().wait(&digest, self.id) {
-            self.cache = CacheState::Shared;
+        let joined = worker
+            .flights
+            .borrow_mut()
+            .wait(&digest, self.id, self.me.clone());
+        if joined {
+            self.note_cache(CacheState::Shared);
             host.count(Counter::SingleFlightWait);
-            shared.waiters.borrow_mut().insert(self.id, self.me.clone());
             self.state = State::Waiting { digest, stale };
             return Flow::Pause;
         }
+        self.call_out(host, &credential.key, forwarded_for, digest, stale)
+    }
 
+    fn cache_hit<H: Host>(&mut self, host: &H, cached: Cached) -> Flow {
+        self.note_cache(CacheState::Hit);
+        host.count(Counter::CacheHit);
+        let verdict = match cached {
+            Cached::Allowed(id) => Verdict::Allowed(id),
+            Cached::Invalid => Verdict::Invalid,
+        };
+        self.conclude(host, verdict, None, false)
+    }
+
+    /// Asks the key service, and pauses the request until it answers.
+    fn call_out<H: Host>(
+        &mut self,
+        host: &H,
+        key: &str,
+        forwarded_for: Option<&[u8]>,
+        digest: Digest,
+        stale: Option<Identity>,
+    ) -> Flow {
+        let worker = Rc::clone(&self.worker);
+        let auth = &worker.cfg.auth;
         let client_ip = validation::client_ip(forwarded_for, host.peer_address().as_deref());
-        let (headers, body) = validation::request(&cfg.auth, &credential.key, client_ip.as_deref());
+        let (headers, body) = validation::request(auth, key, client_ip.as_deref());
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         host.count(Counter::Callout);
-        match host.dispatch(&cfg.auth.cluster, &headers, &body, cfg.auth.timeout) {
-            Some(_) => {
-                shared.flights.borrow_mut().start(digest);
-                self.state = State::Leading {
-                    digest,
-                    slot,
-                    stale,
-                    since_ms: now,
-                };
-                Flow::Pause
-            }
-            None => {
-                host.count(Counter::CalloutErrorDispatch);
-                self.conclude(host, Verdict::Unavailable(Failure::Dispatch), stale, false)
-            }
+        if host
+            .dispatch(&auth.cluster, &headers, &body, auth.timeout)
+            .is_none()
+        {
+            host.count(Counter::CalloutErrorDispatch);
+            return self.conclude(host, Verdict::Unavailable(Failure::Dispatch), stale, false);
         }
+        worker.flights.borrow_mut().start(digest);
+        self.state = State::Leading {
+            digest,
+            stale,
+            since_ms: self.now_ms,
+        };
+        Flow::Pause
     }
 
     /// The reply to this stream's callout: decide for it and for every
@@ -295,53 +291,24 @@ impl Stream {
     pub fn on_callout_reply<H: Host>(&mut self, host: &H, body_size: usize) {
         let State::Leading {
             digest,
-            slot,
             stale,
             since_ms,
         } = std::mem::replace(&mut self.state, State::Done)
         else {
             return;
         };
-        let shared = Rc::clone(&self.shared);
-        let cfg = &shared.cfg;
+        let worker = Rc::clone(&self.worker);
         let (status, body) = host.callout_reply(body_size, MAX_REPLY_BYTES);
         let verdict = validation::verdict(status, body_size, &body);
         self.now_ms = host.now_ms();
-        let now = self.now_ms;
-        host.record_callout_latency(now.saturating_sub(since_ms));
-
-        let cached = match &verdict {
-            Verdict::Allowed(id) => Some((Cached::Allowed(id.clone()), cfg.cache.ttl_ms)),
-            Verdict::Invalid if cfg.cache.negative_ttl_ms > 0 => {
-                Some((Cached::Invalid, cfg.cache.negative_ttl_ms))
-            }
-            Verdict::Unavailable(f) => {
-                host.count(failure_counter(*f));
-                host.log(
-                    Level::Warn,
-                    &format!(
-                        "hokusai-auth: key service unavailable: {}",
-                        failure_text(*f, status)
-                    ),
-                );
-                None
-            }
-            _ => None,
-        };
-        if let Some((verdict, ttl)) = cached {
-            let entry = Entry {
-                digest,
-                verdict,
-                expires_at_ms: now.saturating_add(ttl),
-            };
-            // A lost race only means another worker stored its own verdict.
-            host.shared_set(&slot_key(CACHE_PREFIX, slot.into()), &entry.encode(), None);
-            shared.local.put(digest, entry.verdict, entry.expires_at_ms);
+        host.record_callout_latency(self.now_ms.saturating_sub(since_ms));
+        if let Verdict::Unavailable(f) = &verdict {
+            report_failure(host, *f);
         }
-
-        let waiters = shared.flights.borrow_mut().land(&digest);
+        worker.cache.store(host, &digest, &verdict, self.now_ms);
+        let waiters = worker.flights.borrow_mut().land(&digest);
         self.conclude(host, verdict.clone(), stale, true);
-        deliver(&shared, host, &waiters, &verdict);
+        deliver(host, waiters, &verdict);
         host.switch_to(self.id);
     }
 
@@ -359,60 +326,31 @@ impl Stream {
             return;
         }
         self.finished = true;
-        let shared = Rc::clone(&self.shared);
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Leading { digest, .. } => {
-                // Envoy cancels a dead stream's callout; its waiters must not
-                // hang, and they get no answer we could trust.
-                let waiters = shared.flights.borrow_mut().land(&digest);
-                if !waiters.is_empty() {
-                    host.count(Counter::SingleFlightAbandoned);
-                    deliver(
-                        &shared,
-                        host,
-                        &waiters,
-                        &Verdict::Unavailable(Failure::NoReply),
-                    );
-                    host.switch_to(self.id);
-                }
-            }
+            State::Leading { digest, .. } => self.abandon_flight(host, &digest),
             State::Waiting { digest, .. } => {
-                shared.flights.borrow_mut().leave(&digest, self.id);
-                shared.waiters.borrow_mut().remove(&self.id);
+                self.worker.flights.borrow_mut().leave(&digest, self.id);
             }
             State::Start | State::Done => {}
         }
-        if shared.cfg.audit_log && self.verdict != "none" {
-            host.log(Level::Info, &self.audit_line());
+        if let Some(line) = self.audit_line() {
+            host.log(Level::Info, &line);
         }
     }
 
-    fn cache_hit<H: Host>(&mut self, host: &H, cached: Cached) -> Flow {
-        self.cache = CacheState::Hit;
-        host.count(Counter::CacheHit);
-        let verdict = match cached {
-            Cached::Allowed(id) => Verdict::Allowed(id),
-            Cached::Invalid => Verdict::Invalid,
-        };
-        self.conclude(host, verdict, None, false)
+    /// Envoy cancels a dead stream's callout; its waiters must not hang,
+    /// and they get no answer we could trust.
+    fn abandon_flight<H: Host>(&self, host: &H, digest: &Digest) {
+        let waiters = self.worker.flights.borrow_mut().land(digest);
+        if !waiters.is_empty() {
+            host.count(Counter::SingleFlightAbandoned);
+            deliver(host, waiters, &Verdict::Unavailable(Failure::NoReply));
+            host.switch_to(self.id);
+        }
     }
 
-    fn refuse<H: Host>(
-        &mut self,
-        host: &H,
-        counter: Counter,
-        why: &'static str,
-        r: &Reply,
-    ) -> Flow {
-        host.count(counter);
-        self.verdict = why;
-        self.state = State::Done;
-        host.send_reply(r);
-        Flow::Pause
-    }
-
-    /// Applies a verdict. `resumed` says whether the request is paused and
-    /// must be resumed (callout path) or can just continue (cache hit).
+    /// Applies a verdict. `resumed`: the request is paused and must be
+    /// resumed (callout path), else it just continues (cache hit).
     fn conclude<H: Host>(
         &mut self,
         host: &H,
@@ -421,72 +359,77 @@ impl Stream {
         resumed: bool,
     ) -> Flow {
         self.state = State::Done;
-        let verdict = match (verdict, stale) {
+        match self.admit(host, verdict, stale) {
+            Ok(id) => self.forward(host, &id, resumed),
+            Err(denial) => self.deny(host, denial),
+        }
+    }
+
+    /// The key's identity, if its verdict, the endpoint's scopes and the
+    /// key's rate limit all let the request through.
+    fn admit<H: Host>(
+        &mut self,
+        host: &H,
+        verdict: Verdict,
+        stale: Option<Identity>,
+    ) -> Result<Identity, Denial> {
+        let id = self.identity(host, verdict, stale)?;
+        if let Some(a) = self.audit_mut() {
+            a.user_id = id.user_id.clone();
+            a.key_id = id.key_id.clone();
+        }
+        policy::check(self.class, &id, &self.worker.cfg.scopes).map_err(Denial::Forbidden)?;
+        self.count_rate(host, &id)?;
+        Ok(id)
+    }
+
+    /// What the verdict says of the key; during an outage, a recently valid
+    /// key's expired verdict if stale-if-error allows it.
+    fn identity<H: Host>(
+        &mut self,
+        host: &H,
+        verdict: Verdict,
+        stale: Option<Identity>,
+    ) -> Result<Identity, Denial> {
+        match (verdict, stale) {
+            (Verdict::Allowed(id), _) => Ok(id),
             (Verdict::Unavailable(_), Some(id)) => {
-                self.cache = CacheState::Stale;
+                self.note_cache(CacheState::Stale);
                 host.count(Counter::CacheStaleServed);
-                Verdict::Allowed(id)
+                Ok(id)
             }
-            (v, _) => v,
+            (Verdict::Unavailable(_), None) => Err(Denial::Unavailable),
+            (Verdict::Invalid, _) => Err(Denial::InvalidKey {
+                service_id: self.worker.cfg.auth.service_id.clone(),
+            }),
+            (Verdict::RateLimited, _) => Err(Denial::AuthRateLimited),
+        }
+    }
+
+    /// Counts the request in the key's window, per `key_id` as the contract
+    /// says (a key without one counts by its digest).
+    fn count_rate<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
+        let worker = Rc::clone(&self.worker);
+        let Some(rate) = &worker.rate else {
+            return Ok(());
         };
-        let shared = Rc::clone(&self.shared);
-        let cfg = &shared.cfg;
-        let id = match verdict {
-            Verdict::Allowed(id) => id,
-            Verdict::Invalid => {
-                let msg = format!(
-                    "the API key is invalid, expired, or not registered for service '{}'",
-                    cfg.auth.service_id
-                );
-                return self.refuse(
-                    host,
-                    Counter::DeniedInvalidKey,
-                    "invalid_key",
-                    &reply::unauthenticated(&msg),
-                );
-            }
-            Verdict::RateLimited => {
-                return self.refuse(
-                    host,
-                    Counter::DeniedAuthRateLimited,
-                    "auth_rate_limited",
-                    &reply::auth_rate_limited(),
-                );
-            }
-            Verdict::Unavailable(_) => {
-                return self.refuse(
-                    host,
-                    Counter::Unavailable,
-                    "unavailable",
-                    &reply::unavailable("the Hokusai key service is unavailable; retry shortly"),
-                );
-            }
+        let owner = match (&id.key_id, &self.digest) {
+            (Some(k), _) => k.as_bytes(),
+            (None, Some(d)) => d.as_slice(),
+            (None, None) => &[],
         };
-        if cfg.audit_log {
-            self.user_id = id.user_id.clone();
-            self.key_id = id.key_id.clone();
+        let now_s = self.now_ms / 1000;
+        let window = rate.count(host, owner, id.rate_limit_per_hour, now_s);
+        if !window.allowed {
+            return Err(Denial::RateLimited { window, now_s });
         }
-        if let Err(msg) = policy::check(self.class, &id, &cfg.scopes) {
-            return self.refuse(
-                host,
-                Counter::DeniedForbidden,
-                "forbidden",
-                &reply::forbidden(&msg),
-            );
-        }
-        if let Some(w) = self.count_rate(host, &id) {
-            self.window = Some(w);
-            if !w.allowed {
-                self.window = None;
-                let now_s = self.now_ms / 1000;
-                return self.refuse(
-                    host,
-                    Counter::DeniedRateLimited,
-                    "rate_limited",
-                    &reply::rate_limited(&w, now_s),
-                );
-            }
-        }
+        self.window = Some(window);
+        Ok(())
+    }
+
+    /// Sets the identity headers and lets the request go upstream.
+    fn forward<H: Host>(&mut self, host: &H, id: &Identity, resumed: bool) -> Flow {
+        let cfg = &self.worker.cfg;
         if let Some(u) = &id.user_id {
             host.set_request_header(&cfg.user_id_header, Some(u));
         }
@@ -494,70 +437,57 @@ impl Stream {
             host.set_request_header(&cfg.key_id_header, Some(k));
         }
         host.count(Counter::Allowed);
-        self.verdict = "allowed";
+        self.decided("allowed");
         if resumed {
             host.resume_request();
         }
         Flow::Continue
     }
 
-    /// Counts the request in the key's shared window (compare-and-swap,
-    /// bounded retries). None when rate limiting is off.
-    fn count_rate<H: Host>(&self, host: &H, id: &Identity) -> Option<Window> {
-        let rl = self.shared.cfg.rate_limit.as_ref()?;
-        // Per key_id as the contract says; a key without one counts by digest.
-        let owner = match (&id.key_id, &self.digest) {
-            (Some(k), _) => ratelimit::tag(k.as_bytes()),
-            (None, d) => ratelimit::tag(d.as_ref().map_or(&[][..], |d| &d[..])),
-        };
-        let key = slot_key(RATE_PREFIX, owner % u64::from(rl.slots));
-        let limit = id.rate_limit_per_hour.unwrap_or(rl.default_per_hour);
-        let now_s = self.now_ms / 1000;
-        let mut last = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let (bytes, cas) = host.shared_get(&key);
-            let (new, w) = ratelimit::step(bytes.as_deref(), owner, now_s, limit);
-            match new {
-                None => return Some(w),
-                Some(v) if host.shared_set(&key, &v, cas) => return Some(w),
-                Some(_) => last = Some(w),
-            }
-        }
-        // Under extreme contention, let the request through uncounted
-        // rather than fail it: this is a quota, not the authentication.
-        host.log(
-            Level::Warn,
-            "hokusai-auth: rate-limit slot contended; request not counted",
-        );
-        last
+    /// The one way a request is refused: the reply, the stat, the audit verdict.
+    fn deny<H: Host>(&mut self, host: &H, denial: Denial) -> Flow {
+        self.state = State::Done;
+        self.decided(denial.verdict());
+        denial.send(host);
+        Flow::Pause
     }
 
-    fn audit_line(&self) -> String {
-        serde_json::json!({
-            "event": "hokusai_auth",
-            "verdict": self.verdict,
-            "cache": format!("{:?}", self.cache).to_lowercase(),
-            "key": self.digest.as_ref().map(cache::short_hash),
-            "key_id": self.key_id,
-            "user_id": self.user_id,
-            "method": self.method,
-            "path": self.path,
-            "class": format!("{:?}", self.class).to_lowercase(),
-        })
-        .to_string()
+    // --- the audit line's facts (kept only when it is on) ---
+
+    fn audit_mut(&mut self) -> Option<&mut Audit> {
+        self.audit.as_deref_mut()
+    }
+
+    fn decided(&mut self, verdict: &'static str) {
+        if let Some(a) = self.audit_mut() {
+            a.verdict = Some(verdict);
+        }
+    }
+
+    fn note_cache(&mut self, state: CacheState) {
+        if let Some(a) = self.audit_mut() {
+            a.cache = state;
+        }
+    }
+
+    fn note_path(&mut self, path: &str) {
+        if let Some(a) = self.audit_mut() {
+            a.path = path.to_string();
+        }
+    }
+
+    fn audit_line(&self) -> Option<String> {
+        self.audit.as_ref()?.line(self.digest.as_ref(), self.class)
     }
 }
 
-/// Gives streams that waited on a callout the verdict it brought.
-fn deliver<H: Host>(shared: &Shared, host: &H, waiters: &[u32], verdict: &Verdict) {
-    for w in waiters {
-        let stream = shared
-            .waiters
-            .borrow_mut()
-            .remove(w)
-            .and_then(|s| s.upgrade());
-        let Some(stream) = stream else { continue };
-        if !host.switch_to(*w) {
+/// Gives the streams that waited on a callout the verdict it brought.
+fn deliver<H: Host>(host: &H, waiters: Vec<(u32, Waiter)>, verdict: &Verdict) {
+    for (ctx, waiter) in waiters {
+        let Some(stream) = waiter.upgrade() else {
+            continue;
+        };
+        if !host.switch_to(ctx) {
             continue;
         }
         let Ok(mut s) = stream.try_borrow_mut() else {
@@ -571,70 +501,10 @@ fn deliver<H: Host>(shared: &Shared, host: &H, waiters: &[u32], verdict: &Verdic
     }
 }
 
-/// Whether `name`, read with `_` as `-`, is a credential or identity header.
-fn is_protected(name: &str, cfg: &Config) -> bool {
-    let same = |protected: &str| {
-        name.len() == protected.len()
-            && name
-                .bytes()
-                .zip(protected.bytes())
-                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-    };
-    same(&cfg.user_id_header)
-        || same(&cfg.key_id_header)
-        || same("x-api-key")
-        || same("authorization")
-}
-
-/// `prefix` followed by `n` in decimal, without the formatting machinery
-/// (this runs on every request).
-fn slot_key(prefix: &str, mut n: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        if let Some(d) = digits.get_mut(i) {
-            *d = b'0' + (n % 10) as u8;
-        }
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    let mut s = String::with_capacity(prefix.len() + digits.len() - i);
-    s.push_str(prefix);
-    for d in digits.iter().skip(i) {
-        s.push(char::from(*d));
-    }
-    s
-}
-
-fn failure_counter(f: Failure) -> Counter {
-    match f {
-        Failure::Dispatch => Counter::CalloutErrorDispatch,
-        Failure::NoReply => Counter::CalloutErrorNoReply,
-        Failure::Status(_) => Counter::CalloutErrorStatus,
-        Failure::TooLarge => Counter::CalloutErrorTooLarge,
-        Failure::NotJsonObject => Counter::CalloutErrorNotJsonObject,
-        Failure::BadFields => Counter::CalloutErrorBadFields,
-    }
-}
-
-fn failure_text(f: Failure, status: Option<u16>) -> String {
-    match (f, status) {
-        (Failure::Status(s), _) => format!("{} (status {s})", f.kind()),
-        _ => f.kind().to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::slot_key;
-
-    #[test]
-    fn slot_keys_are_prefix_and_decimal() {
-        assert_eq!(slot_key("p.", 0), "p.0");
-        assert_eq!(slot_key("p.", 4095), "p.4095");
-        assert_eq!(slot_key("", u64::MAX), u64::MAX.to_string());
-    }
+fn report_failure<H: Host>(host: &H, f: Failure) {
+    host.count(f.counter());
+    host.log(
+        Level::Warn,
+        &format!("hokusai-auth: key service unavailable: {}", f.describe()),
+    );
 }

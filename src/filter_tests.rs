@@ -2,7 +2,7 @@
 //! makes, checked through the hostcalls it issues.
 
 use crate::config::Config;
-use crate::filter::{Flow, Shared, Stream};
+use crate::filter::{Flow, Stream, Worker};
 use crate::host::{Headers, Host, Level};
 use crate::metrics::Counter;
 use crate::reply::Reply;
@@ -155,7 +155,7 @@ impl FakeHost {
 
 struct Rig {
     host: FakeHost,
-    shared: Rc<Shared>,
+    worker: Rc<Worker>,
     next: Cell<u32>,
 }
 
@@ -170,7 +170,7 @@ impl Rig {
         let cfg = Config::parse(json.as_bytes()).unwrap();
         Rig {
             host: FakeHost::default(),
-            shared: Rc::new(Shared::new(cfg).unwrap()),
+            worker: Rc::new(Worker::new(cfg).unwrap()),
             next: Cell::new(10),
         }
     }
@@ -182,13 +182,13 @@ impl Rig {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (u32, Rc<RefCell<Stream>>, Flow) {
-        self.request_on(&self.shared, method, path, headers)
+        self.request_on(&self.worker, method, path, headers)
     }
 
-    /// A request on the worker whose per-VM state is `shared`.
+    /// A request on the worker whose per-VM state is `worker`.
     fn request_on(
         &self,
-        shared: &Rc<Shared>,
+        worker: &Rc<Worker>,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
@@ -207,7 +207,7 @@ impl Rig {
         );
         self.host.headers.borrow_mut().insert(id, h);
         self.host.ctx.set(id);
-        let stream = Stream::new(id, Rc::clone(shared));
+        let stream = Stream::new(id, Rc::clone(worker));
         let flow = stream.borrow_mut().on_request_headers(&self.host);
         (id, stream, flow)
     }
@@ -711,8 +711,8 @@ fn a_worker_reuses_its_own_verdicts_without_reading_shared_data() {
         reads,
         "served from the worker's copy"
     );
-    // Another worker (its own Shared) finds the verdict in shared data.
-    let other = Rc::new(Shared::new(rig.shared.cfg.clone()).unwrap());
+    // Another worker (its own Worker) finds the verdict in shared data.
+    let other = Rc::new(Worker::new(rig.worker.cfg.clone()).unwrap());
     let bearer = format!("Bearer {KEY}");
     let (_, _, flow) = rig.request_on(&other, "POST", EXP_SEARCH, &[("authorization", &bearer)]);
     assert_eq!(flow, Flow::Continue);

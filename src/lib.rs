@@ -14,21 +14,23 @@
     )
 )]
 
-pub mod cache;
+pub mod audit;
 pub mod class_memo;
 pub mod config;
 pub mod credential;
+pub mod denial;
 pub mod endpoints;
 pub mod filter;
 pub mod flight;
 pub mod host;
-pub mod local_cache;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod reply;
 pub mod rewrite;
+pub mod slots;
 pub mod validation;
+pub mod verdict_cache;
 
 #[cfg(test)]
 mod filter_tests;

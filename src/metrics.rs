@@ -1,85 +1,55 @@
-//! The filter's Envoy stats. Envoy shows them as `wasmcustom.<name>`.
+//! The filter's Envoy stats, as one table: Envoy shows each counter as
+//! `wasmcustom.hokusai_auth.<name>`.
 
-/// Counters, one per decision and cache or callout outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Counter {
-    Public,
-    Allowed,
-    DeniedBadRequest,
-    DeniedUnauthenticated,
-    DeniedInvalidKey,
-    DeniedForbidden,
-    DeniedRateLimited,
-    DeniedAuthRateLimited,
-    Unavailable,
-    CacheHit,
-    CacheMiss,
-    CacheStaleServed,
-    SingleFlightWait,
-    SingleFlightAbandoned,
-    Callout,
-    CalloutErrorDispatch,
-    CalloutErrorNoReply,
-    CalloutErrorStatus,
-    CalloutErrorTooLarge,
-    CalloutErrorNotJsonObject,
-    CalloutErrorBadFields,
+macro_rules! counters {
+    ($($counter:ident => $name:literal,)*) => {
+        /// Counters, one per decision and cache or callout outcome.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Counter {
+            $($counter,)*
+        }
+
+        impl Counter {
+            /// Every counter, in declaration order (`index` is the position).
+            pub const ALL: &'static [Counter] = &[$(Counter::$counter,)*];
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$counter => concat!("hokusai_auth.", $name),)*
+                }
+            }
+        }
+    };
 }
 
-pub const COUNTERS: [Counter; 21] = [
-    Counter::Public,
-    Counter::Allowed,
-    Counter::DeniedBadRequest,
-    Counter::DeniedUnauthenticated,
-    Counter::DeniedInvalidKey,
-    Counter::DeniedForbidden,
-    Counter::DeniedRateLimited,
-    Counter::DeniedAuthRateLimited,
-    Counter::Unavailable,
-    Counter::CacheHit,
-    Counter::CacheMiss,
-    Counter::CacheStaleServed,
-    Counter::SingleFlightWait,
-    Counter::SingleFlightAbandoned,
-    Counter::Callout,
-    Counter::CalloutErrorDispatch,
-    Counter::CalloutErrorNoReply,
-    Counter::CalloutErrorStatus,
-    Counter::CalloutErrorTooLarge,
-    Counter::CalloutErrorNotJsonObject,
-    Counter::CalloutErrorBadFields,
-];
+counters! {
+    Public => "public",
+    Allowed => "allowed",
+    DeniedBadRequest => "denied.bad_request",
+    DeniedUnauthenticated => "denied.unauthenticated",
+    DeniedInvalidKey => "denied.invalid_key",
+    DeniedForbidden => "denied.forbidden",
+    DeniedRateLimited => "denied.rate_limited",
+    DeniedAuthRateLimited => "denied.auth_rate_limited",
+    Unavailable => "denied.unavailable",
+    CacheHit => "cache.hit",
+    CacheMiss => "cache.miss",
+    CacheStaleServed => "cache.stale_served",
+    SingleFlightWait => "single_flight.wait",
+    SingleFlightAbandoned => "single_flight.abandoned",
+    Callout => "callout.total",
+    CalloutErrorDispatch => "callout.error.dispatch",
+    CalloutErrorNoReply => "callout.error.no_reply",
+    CalloutErrorStatus => "callout.error.bad_status",
+    CalloutErrorTooLarge => "callout.error.too_large",
+    CalloutErrorNotJsonObject => "callout.error.not_json_object",
+    CalloutErrorBadFields => "callout.error.bad_fields",
+}
 
 /// Histogram of callout latency in milliseconds.
 pub const CALLOUT_LATENCY: &str = "hokusai_auth.callout_latency_ms";
 
 impl Counter {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Public => "hokusai_auth.public",
-            Self::Allowed => "hokusai_auth.allowed",
-            Self::DeniedBadRequest => "hokusai_auth.denied.bad_request",
-            Self::DeniedUnauthenticated => "hokusai_auth.denied.unauthenticated",
-            Self::DeniedInvalidKey => "hokusai_auth.denied.invalid_key",
-            Self::DeniedForbidden => "hokusai_auth.denied.forbidden",
-            Self::DeniedRateLimited => "hokusai_auth.denied.rate_limited",
-            Self::DeniedAuthRateLimited => "hokusai_auth.denied.auth_rate_limited",
-            Self::Unavailable => "hokusai_auth.denied.unavailable",
-            Self::CacheHit => "hokusai_auth.cache.hit",
-            Self::CacheMiss => "hokusai_auth.cache.miss",
-            Self::CacheStaleServed => "hokusai_auth.cache.stale_served",
-            Self::SingleFlightWait => "hokusai_auth.single_flight.wait",
-            Self::SingleFlightAbandoned => "hokusai_auth.single_flight.abandoned",
-            Self::Callout => "hokusai_auth.callout.total",
-            Self::CalloutErrorDispatch => "hokusai_auth.callout.error.dispatch",
-            Self::CalloutErrorNoReply => "hokusai_auth.callout.error.no_reply",
-            Self::CalloutErrorStatus => "hokusai_auth.callout.error.bad_status",
-            Self::CalloutErrorTooLarge => "hokusai_auth.callout.error.too_large",
-            Self::CalloutErrorNotJsonObject => "hokusai_auth.callout.error.not_json_object",
-            Self::CalloutErrorBadFields => "hokusai_auth.callout.error.bad_fields",
-        }
-    }
-
     pub fn index(self) -> usize {
         self as usize
     }
@@ -91,12 +61,16 @@ mod tests {
 
     #[test]
     fn every_counter_is_listed_once_in_order() {
-        for (i, c) in COUNTERS.iter().enumerate() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(c.index(), i);
         }
-        let mut names: Vec<_> = COUNTERS.iter().map(|c| c.name()).collect();
+        let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), COUNTERS.len());
+        assert_eq!(names.len(), Counter::ALL.len());
+        assert_eq!(
+            Counter::Unavailable.name(),
+            "hokusai_auth.denied.unavailable"
+        );
     }
 }

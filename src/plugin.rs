@@ -2,9 +2,8 @@
 //! an HTTP context per request, each a thin shell around `filter`.
 
 use crate::config::Config;
-use crate::filter::{Flow, Shared, Stream};
-use crate::host::Host;
-use crate::reply;
+use crate::denial::Denial;
+use crate::filter::{Flow, Stream, Worker};
 use crate::wasm_host::{log_error, start_ticks, WasmHost, FLUSH_PERIOD};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -16,11 +15,11 @@ proxy_wasm::main! {{
         log_error(&format!("hokusai-auth: panic, the VM will stop: {info}"));
     }));
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { shared: None, host: None }));
+    proxy_wasm::set_root_context(|_| Box::new(Root { worker: None, host: None }));
 }}
 
 struct Root {
-    shared: Option<Rc<Shared>>,
+    worker: Option<Rc<Worker>>,
     host: Option<Rc<WasmHost>>,
 }
 
@@ -29,9 +28,9 @@ impl Context for Root {}
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&bytes).and_then(Shared::new) {
-            Ok(shared) => {
-                self.shared = Some(Rc::new(shared));
+        match Config::parse(&bytes).and_then(Worker::new) {
+            Ok(worker) => {
+                self.worker = Some(Rc::new(worker));
                 self.host.get_or_insert_with(|| Rc::new(WasmHost::new()));
                 start_ticks(FLUSH_PERIOD);
                 true
@@ -54,7 +53,7 @@ impl RootContext for Root {
             .host
             .clone()
             .unwrap_or_else(|| Rc::new(WasmHost::new()));
-        let stream = self.shared.clone().map(|s| Stream::new(context_id, s));
+        let stream = self.worker.clone().map(|w| Stream::new(context_id, w));
         Some(Box::new(Http { stream, host }))
     }
 
@@ -100,9 +99,7 @@ impl HttpContext for Http {
             Some(Flow::Continue) => Action::Continue,
             Some(Flow::Pause) => Action::Pause,
             None => {
-                self.host.send_reply(&reply::unavailable(
-                    "the authentication filter is not configured",
-                ));
+                Denial::NotConfigured.send(self.host.as_ref());
                 Action::Pause
             }
         }

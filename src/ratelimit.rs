@@ -1,5 +1,59 @@
 //! Per-key fixed-window rate limit (per `key_id`, per hour), counted in a
-//! fixed table of shared-data slots so memory stays bounded.
+//! fixed table of shared-data slots so memory stays bounded, with a
+//! compare-and-swap so that every worker of the Envoy process counts in the
+//! same window.
+
+use crate::config::RateLimitConfig;
+use crate::host::{Host, Level};
+use crate::slots::SlotTable;
+use std::hash::Hasher;
+
+const SLOT_PREFIX: &str = "hokusai_auth.v1.rate.";
+const CAS_ATTEMPTS: usize = 8;
+
+pub struct RateLimiter {
+    slots: SlotTable,
+    default_per_hour: u64,
+}
+
+impl RateLimiter {
+    pub fn new(cfg: &RateLimitConfig) -> Self {
+        Self {
+            slots: SlotTable::new(SLOT_PREFIX, cfg.slots),
+            default_per_hour: cfg.default_per_hour,
+        }
+    }
+
+    /// Counts one request of `owner` (the key's `key_id`, else its digest)
+    /// against `limit` (the key's own, else the default) and returns its window.
+    pub fn count<H: Host>(&self, host: &H, owner: &[u8], limit: Option<u64>, now_s: u64) -> Window {
+        let owner = tag(owner);
+        let key = self.slots.key(owner);
+        let limit = limit.unwrap_or(self.default_per_hour);
+        let mut last = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let (bytes, cas) = host.shared_get(&key);
+            let (new, w) = step(bytes.as_deref(), owner, now_s, limit);
+            match new {
+                None => return w,
+                Some(v) if host.shared_set(&key, &v, cas) => return w,
+                Some(_) => last = Some(w),
+            }
+        }
+        // Under extreme contention, let the request through uncounted
+        // rather than fail it: this is a quota, not the authentication.
+        host.log(
+            Level::Warn,
+            "hokusai-auth: rate-limit slot contended; request not counted",
+        );
+        last.unwrap_or(Window {
+            limit,
+            remaining: limit,
+            reset_at: window_end(now_s),
+            allowed: true,
+        })
+    }
+}
 
 /// The state of a key's window after this request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,22 +75,21 @@ pub const WINDOW_SECONDS: u64 = 3600;
 
 /// 64-bit FNV-1a: picks the slot and tags its owner. Collisions only make
 /// two keys share a count until one of them takes the slot over.
-pub fn tag(id: &[u8]) -> u64 {
-    id.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+fn tag(id: &[u8]) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    h.write(id);
+    h.finish()
+}
+
+fn window_end(now_s: u64) -> u64 {
+    (now_s / WINDOW_SECONDS + 1) * WINDOW_SECONDS
 }
 
 /// Counts one request against `current` (the slot's bytes) and returns the
 /// slot's new bytes (None when nothing changes) and the window.
-pub fn step(
-    current: Option<&[u8]>,
-    owner: u64,
-    now_s: u64,
-    limit: u64,
-) -> (Option<Vec<u8>>, Window) {
+fn step(current: Option<&[u8]>, owner: u64, now_s: u64, limit: u64) -> (Option<Vec<u8>>, Window) {
     let window = now_s / WINDOW_SECONDS;
-    let reset_at = (window + 1) * WINDOW_SECONDS;
+    let reset_at = window_end(now_s);
     let used = current
         .and_then(decode)
         .filter(|(o, w, _)| *o == owner && *w == window)
@@ -114,7 +167,9 @@ mod tests {
     }
 
     #[test]
-    fn tags_differ() {
+    fn tags_differ_and_are_fnv1a() {
         assert_ne!(tag(b"k_1"), tag(b"k_2"));
+        assert_eq!(tag(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(tag(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

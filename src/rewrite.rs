@@ -1,8 +1,6 @@
 //! The request path: refusing ambiguous spellings, stripping the MLflow mount
-//! prefix, the optional `api/` → `ajax-api/` mapping, and removing the key
-//! parameter from the query while keeping the rest byte for byte.
-
-use crate::credential::param_name_is;
+//! prefix and the optional `api/` → `ajax-api/` mapping. (The key parameter
+//! leaves the query in `credential`.)
 
 /// Splits a `:path` into path and query (without the `?`).
 pub fn split(raw: &str) -> (&str, Option<&str>) {
@@ -70,21 +68,6 @@ pub fn ajax_map(path: &str) -> Option<String> {
     path.strip_prefix("/api/")
         .filter(|rest| rest.starts_with("2.0/") || rest.starts_with("3.0/"))
         .map(|rest| format!("/ajax-api/{rest}"))
-}
-
-/// The query without any `name` parameter; None when nothing was removed.
-pub fn strip_param(query: &str, name: &str) -> Option<String> {
-    let mut removed = false;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let k = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            let drop = param_name_is(k, name);
-            removed |= drop;
-            !drop
-        })
-        .collect();
-    removed.then(|| kept.join("&"))
 }
 
 /// Joins a path and an optional (possibly empty) query into a `:path`.
@@ -182,22 +165,6 @@ mod tests {
         );
         assert_eq!(ajax_map("/health"), None);
         assert_eq!(ajax_map("/api/health"), None);
-    }
-
-    #[test]
-    fn key_parameter_is_removed_and_the_rest_kept_byte_for_byte() {
-        assert_eq!(strip_param("api_key=k", "api_key").as_deref(), Some(""));
-        assert_eq!(
-            strip_param("a=1&api_key=k&b=%20x&c", "api_key").as_deref(),
-            Some("a=1&b=%20x&c")
-        );
-        assert_eq!(
-            strip_param("api%5Fkey=k&api_key=k&z=1", "api_key").as_deref(),
-            Some("z=1")
-        );
-        assert_eq!(strip_param("api_key", "api_key").as_deref(), Some(""));
-        assert_eq!(strip_param("x_api_key=k&a=1", "api_key"), None);
-        assert_eq!(strip_param("", "api_key"), None);
     }
 
     #[test]

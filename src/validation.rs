@@ -3,6 +3,7 @@
 //! makes the service count as unavailable, never as a yes.
 
 use crate::config::{AuthService, KeyForm};
+use crate::metrics::Counter;
 use serde_json::{Map, Value};
 
 /// Replies larger than this are not read: a valid reply is a few hundred bytes.
@@ -20,7 +21,6 @@ pub struct Identity {
     /// None: the configured default applies.
     pub rate_limit_per_hour: Option<u64>,
     pub is_admin: bool,
-    pub has_sufficient_balance: bool,
 }
 
 /// Why the key service counts as unavailable.
@@ -38,6 +38,26 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The stat this failure counts in.
+    pub fn counter(self) -> Counter {
+        match self {
+            Self::Dispatch => Counter::CalloutErrorDispatch,
+            Self::NoReply => Counter::CalloutErrorNoReply,
+            Self::Status(_) => Counter::CalloutErrorStatus,
+            Self::TooLarge => Counter::CalloutErrorTooLarge,
+            Self::NotJsonObject => Counter::CalloutErrorNotJsonObject,
+            Self::BadFields => Counter::CalloutErrorBadFields,
+        }
+    }
+
+    /// What the log says about it.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Status(s) => format!("{} (status {s})", self.kind()),
+            _ => self.kind().to_string(),
+        }
+    }
+
     pub fn kind(self) -> &'static str {
         match self {
             Self::Dispatch => "dispatch",
@@ -135,6 +155,8 @@ fn identity(o: &Map<String, Value>) -> Option<Identity> {
         Some(Value::Object(u)) => Some(u),
         Some(_) => return None,
     };
+    // Not used, but a wrong type says the reply cannot be trusted.
+    opt_bool(o.get("has_sufficient_balance"), true)?;
     let nested = |name: &str| user.and_then(|u| u.get(name));
     let flat_or_nested = |flat: &str, inner: &str| match o.get(flat) {
         None | Some(Value::Null) => nested(inner),
@@ -149,7 +171,6 @@ fn identity(o: &Map<String, Value>) -> Option<Identity> {
             Some(v) => Some(v.as_u64()?),
         },
         is_admin: opt_bool(flat_or_nested("is_admin", "is_admin"), false)?,
-        has_sufficient_balance: opt_bool(o.get("has_sufficient_balance"), true)?,
     })
 }
 
@@ -267,18 +288,12 @@ mod tests {
         assert_eq!(id.key_id.as_deref(), Some("k_456"));
         assert_eq!(id.scopes, vec!["mlflow:read", "mlflow:write"]);
         assert_eq!(id.rate_limit_per_hour, Some(1000));
-        assert!(!id.is_admin && id.has_sufficient_balance);
+        assert!(!id.is_admin);
     }
 
     #[test]
     fn missing_fields_take_the_contract_defaults() {
-        assert_eq!(
-            allowed("{}"),
-            Identity {
-                has_sufficient_balance: true,
-                ..Identity::default()
-            }
-        );
+        assert_eq!(allowed("{}"), Identity::default());
         assert_eq!(
             allowed(r#"{"scopes": null, "user_id": null}"#).scopes,
             Vec::<String>::new()

@@ -6,7 +6,7 @@
 //! integer statuses and every failure becomes a value.
 
 use crate::host::{Headers, Host, Level};
-use crate::metrics::{Counter, CALLOUT_LATENCY, COUNTERS};
+use crate::metrics::{Counter, CALLOUT_LATENCY};
 use crate::reply::Reply;
 use std::cell::Cell;
 use std::ptr::null_mut;
@@ -152,11 +152,11 @@ fn define(kind: u32, name: &str) -> Option<u32> {
 impl WasmHost {
     pub fn new() -> Self {
         WasmHost {
-            counters: COUNTERS
+            counters: Counter::ALL
                 .iter()
                 .map(|c| define(METRIC_COUNTER, c.name()))
                 .collect(),
-            pending: COUNTERS.iter().map(|_| Cell::new(0)).collect(),
+            pending: Counter::ALL.iter().map(|_| Cell::new(0)).collect(),
             latency: define(METRIC_HISTOGRAM, CALLOUT_LATENCY),
         }
     }
