@@ -13,7 +13,7 @@ use crate::credential::{self, Credential, Presented};
 use crate::denial::Denial;
 use crate::endpoints::{Class, EndpointTable};
 use crate::flight::Flights;
-use crate::host::{Headers, Host, Level};
+use crate::host::{Headers, Host};
 use crate::metrics::Counter;
 use crate::policy;
 use crate::ratelimit::{RateLimiter, Window};
@@ -334,7 +334,7 @@ impl Stream {
             State::Start | State::Done => {}
         }
         if let Some(line) = self.audit_line() {
-            host.log(Level::Info, &line);
+            log::info!("{line}");
         }
     }
 
@@ -503,8 +503,5 @@ fn deliver<H: Host>(host: &H, waiters: Vec<(u32, Waiter)>, verdict: &Verdict) {
 
 fn report_failure<H: Host>(host: &H, f: Failure) {
     host.count(f.counter());
-    host.log(
-        Level::Warn,
-        &format!("hokusai-auth: key service unavailable: {}", f.describe()),
-    );
+    log::warn!("hokusai-auth: key service unavailable: {}", f.describe());
 }

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::filter::{Flow, Stream, Worker};
-use crate::host::{Headers, Host, Level};
+use crate::host::{Headers, Host};
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use std::cell::{Cell, RefCell};
@@ -27,7 +27,6 @@ struct FakeHost {
     callout: RefCell<(Option<u16>, Vec<u8>)>,
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     now: Cell<u64>,
-    logs: RefCell<Vec<String>>,
     counts: RefCell<HashMap<Counter, u64>>,
     refuse_dispatch: Cell<bool>,
     shared_reads: Cell<u32>,
@@ -115,9 +114,6 @@ impl Host for FakeHost {
     fn peer_address(&self) -> Option<String> {
         Some("127.0.0.1:40000".into())
     }
-    fn log(&self, _level: Level, message: &str) {
-        self.logs.borrow_mut().push(message.to_string());
-    }
     fn count(&self, counter: Counter) {
         *self.counts.borrow_mut().entry(counter).or_default() += 1;
     }
@@ -153,6 +149,41 @@ impl FakeHost {
     }
 }
 
+/// Log lines as the `log` crate hands them to the host's logger, captured
+/// per test thread.
+mod captured {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static LINES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            LINES.with(|l| l.borrow_mut().push(record.args().to_string()));
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture;
+
+    /// Starts a test's capture afresh.
+    pub fn start() {
+        let _ = log::set_logger(&CAPTURE);
+        log::set_max_level(log::LevelFilter::Info);
+        LINES.with(|l| l.borrow_mut().clear());
+    }
+
+    pub fn lines() -> Vec<String> {
+        LINES.with(|l| l.borrow().clone())
+    }
+}
+
 struct Rig {
     host: FakeHost,
     worker: Rc<Worker>,
@@ -168,6 +199,7 @@ impl Rig {
             r#"{{"auth": {{"cluster": "hokusai_auth", "service_id": "platform"}}{extra}}}"#
         );
         let cfg = Config::parse(json.as_bytes()).unwrap();
+        captured::start();
         Rig {
             host: FakeHost::default(),
             worker: Rc::new(Worker::new(cfg).unwrap()),
@@ -238,7 +270,7 @@ impl Rig {
                 );
             }
         }
-        for l in self.host.logs.borrow().iter() {
+        for l in captured::lines().iter() {
             assert!(!l.contains(needle), "log carries the key: {l}");
         }
         for r in self.host.replies.borrow().values() {
@@ -659,7 +691,7 @@ fn the_audit_line_names_the_key_by_id_only() {
     let (id, s, _) = rig.bearer(EXP_SEARCH);
     rig.reply(id, &s, Some(200), RW);
     rig.done(id, &s);
-    let logs = rig.host.logs.borrow().clone();
+    let logs = captured::lines();
     let line = logs
         .iter()
         .find(|l| l.contains("\"event\":\"hokusai_auth\""))

@@ -1,15 +1,10 @@
 //! Everything the filter asks of its host, in one small trait, so that the
-//! request state machine runs the same against Envoy and a test fake.
+//! request state machine runs the same against Envoy and a test fake. Logs
+//! go through the `log` crate, whose logger each host installs.
 
 use crate::metrics::Counter;
 use crate::reply::Reply;
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-}
 
 /// A header map as proxy-wasm serializes it (count, then name and value
 /// sizes, then NUL-terminated names and values), read in place: one buffer,
@@ -111,7 +106,6 @@ pub trait Host {
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     fn now_ms(&self) -> u64;
     fn peer_address(&self) -> Option<String>;
-    fn log(&self, level: Level, message: &str);
     fn count(&self, counter: Counter);
     fn record_callout_latency(&self, ms: u64);
     /// Makes later calls act on another stream of this VM (single-flight).

@@ -36,7 +36,7 @@ impl RootContext for Root {
                 true
             }
             Err(e) => {
-                log_error(&format!("hokusai-auth: configuration rejected: {e}"));
+                log::error!("hokusai-auth: configuration rejected: {e}");
                 false
             }
         }

@@ -4,7 +4,7 @@
 //! same window.
 
 use crate::config::RateLimitConfig;
-use crate::host::{Host, Level};
+use crate::host::Host;
 use crate::slots::SlotTable;
 use std::hash::Hasher;
 
@@ -42,10 +42,7 @@ impl RateLimiter {
         }
         // Under extreme contention, let the request through uncounted
         // rather than fail it: this is a quota, not the authentication.
-        host.log(
-            Level::Warn,
-            "hokusai-auth: rate-limit slot contended; request not counted",
-        );
+        log::warn!("hokusai-auth: rate-limit slot contended; request not counted");
         last.unwrap_or(Window {
             limit,
             remaining: limit,

@@ -5,7 +5,7 @@
 //! the calls the filter makes per request are declared here with plain
 //! integer statuses and every failure becomes a value.
 
-use crate::host::{Headers, Host, Level};
+use crate::host::{Headers, Host};
 use crate::metrics::{Counter, CALLOUT_LATENCY};
 use crate::reply::Reply;
 use std::cell::Cell;
@@ -114,16 +114,8 @@ fn get_pairs(map: u32) -> Headers {
     }
 }
 
-pub fn log(level: Level, message: &str) {
-    let level = match level {
-        Level::Info => 2,
-        Level::Warn => 3,
-    };
-    // SAFETY: pointer and length of a live &str.
-    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
-}
-
-/// Log at error level (4): used by the panic hook and configuration errors.
+/// Logs at error level (4) without the `log` crate's logger, whose hostcall
+/// wrapper panics on an unexpected status: for the panic hook.
 pub fn log_error(message: &str) {
     // SAFETY: pointer and length of a live &str.
     unsafe { proxy_log(4, message.as_ptr(), message.len()) };
@@ -319,10 +311,6 @@ impl Host for WasmHost {
             return None;
         }
         String::from_utf8(value).ok()
-    }
-
-    fn log(&self, level: Level, message: &str) {
-        log(level, message);
     }
 
     fn count(&self, counter: Counter) {
