@@ -5,6 +5,9 @@
 
 use crate::config::{Config, Source};
 use crate::host::Host;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
 
 /// The key a request carries and where it was found.
 #[derive(Debug, PartialEq, Eq)]
@@ -264,43 +267,16 @@ fn basic_password(token: &[u8]) -> Result<String, CredentialError> {
     String::from_utf8(password.to_vec()).map_err(|_| CredentialError::Malformed)
 }
 
-fn base64_value(c: u8) -> Option<u32> {
-    Some(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    } as u32)
-}
+/// Standard-alphabet base64 as clients send it in `Basic`: padding optional.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
-/// Standard-alphabet base64, padding optional.
 fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let body = match input.iter().position(|b| *b == b'=') {
-        Some(i) => {
-            let (body, pad) = input.split_at(i);
-            if pad.len() > 2 || pad.iter().any(|b| *b != b'=') || !input.len().is_multiple_of(4) {
-                return None;
-            }
-            body
-        }
-        None => input,
-    };
-    if body.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(body.len() * 3 / 4);
-    for chunk in body.chunks(4) {
-        let mut acc: u32 = 0;
-        for (i, c) in chunk.iter().enumerate() {
-            acc |= base64_value(*c)? << (18 - 6 * i as u32);
-        }
-        let bytes = acc.to_be_bytes();
-        let n = chunk.len() - 1;
-        out.extend_from_slice(bytes.get(1..1 + n)?);
-    }
-    Some(out)
+    BASE64.decode(input).ok()
 }
 
 /// Every decoded value of parameter `name` in a query string.
