@@ -279,55 +279,26 @@ fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
     BASE64.decode(input).ok()
 }
 
-/// Every decoded value of parameter `name` in a query string.
+/// Every decoded value of parameter `name` in a query string (form
+/// decoding: `%XX` and `+`; a bad escape stays as it is and fails the key
+/// check).
 pub fn query_values<'q>(
     query: &'q str,
     name: &'q str,
 ) -> impl Iterator<Item = Result<String, CredentialError>> + 'q {
-    query.split('&').filter_map(move |pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if param_name_is(k, name) {
-            Some(percent_decode(v).ok_or(CredentialError::Malformed))
-        } else {
-            None
-        }
-    })
+    form_urlencoded::parse(query.as_bytes())
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| Ok(v.into_owned()))
 }
 
-/// Compares a raw (possibly percent-encoded) parameter name with `name`, so
-/// that `api%5Fkey` is recognised as the key parameter too.
+/// Whether a raw (possibly percent-encoded) parameter name decodes to
+/// `name`, so that `api%5Fkey` is recognised as the key parameter too.
 pub fn param_name_is(raw: &str, name: &str) -> bool {
-    if raw == name {
-        return true;
-    }
-    raw.contains('%') && percent_decode(raw).as_deref() == Some(name)
-}
-
-/// Form-style decoding: `%XX` and `+` for space; None for bad escapes or
-/// non-UTF-8 results.
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match c {
-            b'%' => {
-                let hi = (*b.get(i + 1)? as char).to_digit(16)?;
-                let lo = (*b.get(i + 2)? as char).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
+    raw == name
+        || (raw.contains('%')
+            && form_urlencoded::parse(raw.as_bytes())
+                .next()
+                .is_some_and(|(k, _)| k == name))
 }
 
 #[cfg(test)]
