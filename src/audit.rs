@@ -6,6 +6,7 @@
 use crate::config::Source;
 use crate::endpoints::Class;
 use crate::verdict_cache::{short_hash, Digest};
+use serde::Serialize;
 
 /// How the verdict was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,21 +51,35 @@ pub struct Audit {
 impl Audit {
     /// The line, once the request was decided.
     pub fn line(&self, digest: Option<&Digest>, class: Class) -> Option<String> {
-        let verdict = self.verdict?;
-        let line = serde_json::json!({
-            "event": "hokusai_auth",
-            "verdict": verdict,
-            "cache": self.cache.as_str(),
-            "key": digest.map(short_hash),
-            "source": self.source.map(Source::as_str),
-            "key_id": self.key_id,
-            "user_id": self.user_id,
-            "method": self.method,
-            "path": self.path,
-            "class": class.as_str(),
-        });
-        Some(line.to_string())
+        let line = Line {
+            event: "hokusai_auth",
+            verdict: self.verdict?,
+            cache: self.cache.as_str(),
+            key: digest.map(short_hash),
+            source: self.source.map(Source::as_str),
+            key_id: self.key_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            method: &self.method,
+            path: &self.path,
+            class: class.as_str(),
+        };
+        serde_json::to_string(&line).ok()
     }
+}
+
+/// The line as written: one JSON object.
+#[derive(Serialize)]
+struct Line<'a> {
+    event: &'static str,
+    verdict: &'static str,
+    cache: &'static str,
+    key: Option<String>,
+    source: Option<&'static str>,
+    key_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    class: &'static str,
 }
 
 #[cfg(test)]

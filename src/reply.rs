@@ -2,6 +2,14 @@
 //! `{"error_code": ..., "message": ...}` becomes `RestException: CODE: message`.
 
 use crate::ratelimit::Window;
+use serde::Serialize;
+
+/// The body the MLflow client reads as `RestException: CODE: message`.
+#[derive(Serialize)]
+struct MlflowError<'a> {
+    error_code: &'a str,
+    message: &'a str,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -20,7 +28,11 @@ impl Reply {
     ) -> Reply {
         headers.push(("content-type", "application/json".into()));
         headers.push(("cache-control", "no-store".into()));
-        let body = serde_json::json!({"error_code": code, "message": message}).to_string();
+        let body = serde_json::to_string(&MlflowError {
+            error_code: code,
+            message,
+        })
+        .unwrap_or_default();
         Reply {
             status,
             headers,

@@ -4,7 +4,7 @@
 
 use crate::config::{AuthService, KeyForm};
 use crate::metrics::Counter;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
 
 /// Replies larger than this are not read: a valid reply is a few hundred bytes.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -80,20 +80,28 @@ pub enum Verdict {
     Unavailable(Failure),
 }
 
+/// The validation request's JSON body.
+#[derive(Serialize)]
+struct RequestBody<'a> {
+    /// Only in the older body form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_key: Option<&'a str>,
+    service_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_ip: Option<&'a str>,
+}
+
 /// Headers and body of the validation request.
 pub fn request(
     auth: &AuthService,
     key: &str,
     client_ip: Option<&str>,
 ) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let mut body = Map::new();
-    if auth.key_form == KeyForm::Body {
-        body.insert("api_key".into(), Value::String(key.into()));
-    }
-    body.insert("service_id".into(), Value::String(auth.service_id.clone()));
-    if let Some(ip) = client_ip {
-        body.insert("client_ip".into(), Value::String(ip.into()));
-    }
+    let body = RequestBody {
+        api_key: (auth.key_form == KeyForm::Body).then_some(key),
+        service_id: &auth.service_id,
+        client_ip,
+    };
     let mut headers = vec![
         (":method", "POST".to_string()),
         (":path", auth.path.clone()),
@@ -104,7 +112,7 @@ pub fn request(
     if auth.key_form == KeyForm::Header {
         headers.push(("authorization", format!("Bearer {key}")));
     }
-    (headers, Value::Object(body).to_string().into_bytes())
+    (headers, serde_json::to_vec(&body).unwrap_or_default())
 }
 
 /// The client address to report: the first `X-Forwarded-For` entry, else
@@ -134,12 +142,13 @@ pub fn verdict(status: Option<u16>, body_len: usize, body: &[u8]) -> Verdict {
     match status {
         None => Verdict::Unavailable(Failure::NoReply),
         Some(200) if body_len > MAX_REPLY_BYTES => Verdict::Unavailable(Failure::TooLarge),
-        Some(200) => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(o)) => match identity(&o) {
-                Some(id) => Verdict::Allowed(id),
-                None => Verdict::Unavailable(Failure::BadFields),
-            },
-            _ => Verdict::Unavailable(Failure::NotJsonObject),
+        Some(200) => match serde_json::from_slice::<ValidReply>(body) {
+            Ok(reply) => Verdict::Allowed(reply.identity()),
+            // A JSON object with a field of the wrong type or size.
+            Err(e) if e.is_data() && body.trim_ascii_start().starts_with(b"{") => {
+                Verdict::Unavailable(Failure::BadFields)
+            }
+            Err(_) => Verdict::Unavailable(Failure::NotJsonObject),
         },
         Some(401) => Verdict::Invalid,
         Some(429) => Verdict::RateLimited,
@@ -147,76 +156,81 @@ pub fn verdict(status: Option<u16>, body_len: usize, body: &[u8]) -> Verdict {
     }
 }
 
-/// Reads the fields the filter uses; None if any has the wrong type or size.
-/// Missing and null fields take the contract's defaults.
-fn identity(o: &Map<String, Value>) -> Option<Identity> {
-    let user = match o.get("user") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(u)) => Some(u),
-        Some(_) => return None,
-    };
-    // Not used, but a wrong type says the reply cannot be trusted.
-    opt_bool(o.get("has_sufficient_balance"), true)?;
-    let nested = |name: &str| user.and_then(|u| u.get(name));
-    let flat_or_nested = |flat: &str, inner: &str| match o.get(flat) {
-        None | Some(Value::Null) => nested(inner),
-        v => v,
-    };
-    Some(Identity {
-        user_id: opt_id(flat_or_nested("user_id", "id"))?,
-        key_id: opt_id(o.get("key_id"))?,
-        scopes: scopes(o.get("scopes"))?,
-        rate_limit_per_hour: match o.get("rate_limit_per_hour") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64()?),
-        },
-        is_admin: opt_bool(flat_or_nested("is_admin", "is_admin"), false)?,
-    })
+/// A 200 reply as the contract describes it. Every field may be missing or
+/// null (the contract's defaults then apply); unknown fields are ignored; a
+/// known field of the wrong type or size makes the reply untrustworthy.
+#[derive(Deserialize)]
+struct ValidReply {
+    user_id: Option<Id>,
+    key_id: Option<Id>,
+    scopes: Option<Scopes>,
+    rate_limit_per_hour: Option<u64>,
+    is_admin: Option<bool>,
+    /// Not used, but a wrong type says the reply cannot be trusted.
+    #[serde(rename = "has_sufficient_balance")]
+    _has_sufficient_balance: Option<bool>,
+    /// The newer nested identity; the flat fields win where both appear.
+    user: Option<NestedUser>,
 }
 
-/// Identifiers end up in upstream headers and logs: visible ASCII only.
-fn is_safe_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_ID_BYTES && s.bytes().all(|b| b.is_ascii_graphic())
+#[derive(Deserialize)]
+struct NestedUser {
+    id: Option<Id>,
+    is_admin: Option<bool>,
 }
 
-fn opt_id(v: Option<&Value>) -> Option<Option<String>> {
-    match v {
-        None | Some(Value::Null) => Some(None),
-        Some(Value::String(s)) if is_safe_id(s) => Some(Some(s.clone())),
-        Some(_) => None,
+impl ValidReply {
+    fn identity(self) -> Identity {
+        let (nested_id, nested_admin) = self.user.map_or((None, None), |u| (u.id, u.is_admin));
+        Identity {
+            user_id: self.user_id.or(nested_id).map(|id| id.0),
+            key_id: self.key_id.map(|id| id.0),
+            scopes: self.scopes.map_or_else(Vec::new, |s| s.0),
+            rate_limit_per_hour: self.rate_limit_per_hour,
+            is_admin: self.is_admin.or(nested_admin).unwrap_or(false),
+        }
     }
 }
 
-fn opt_bool(v: Option<&Value>, default: bool) -> Option<bool> {
-    match v {
-        None | Some(Value::Null) => Some(default),
-        Some(Value::Bool(b)) => Some(*b),
-        Some(_) => None,
+/// An identifier: it ends up in upstream headers and logs, so visible ASCII
+/// only, and bounded.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Id(String);
+
+impl TryFrom<String> for Id {
+    type Error = &'static str;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if !s.is_empty() && s.len() <= MAX_ID_BYTES && s.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(Id(s))
+        } else {
+            Err("an identifier must be 1 to 256 visible ASCII characters")
+        }
     }
 }
 
-fn scopes(v: Option<&Value>) -> Option<Vec<String>> {
-    match v {
-        None | Some(Value::Null) => Some(Vec::new()),
-        Some(Value::Array(a)) if a.len() <= MAX_SCOPES => a
-            .iter()
-            .map(|s| match s {
-                Value::String(s)
-                    if s.len() <= MAX_SCOPE_BYTES
-                        && s.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-                {
-                    Some(s.clone())
-                }
-                _ => None,
-            })
-            .collect(),
-        Some(_) => None,
+/// The key's scopes: a bounded list of printable ASCII strings.
+#[derive(Deserialize)]
+#[serde(try_from = "Vec<String>")]
+struct Scopes(Vec<String>);
+
+impl TryFrom<Vec<String>> for Scopes {
+    type Error = &'static str;
+    fn try_from(v: Vec<String>) -> Result<Self, Self::Error> {
+        let printable =
+            |s: &String| s.len() <= MAX_SCOPE_BYTES && s.bytes().all(|b| (0x20..0x7f).contains(&b));
+        if v.len() <= MAX_SCOPES && v.iter().all(printable) {
+            Ok(Scopes(v))
+        } else {
+            Err("at most 64 scopes of at most 128 printable characters")
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use std::time::Duration;
 
     fn auth(form: KeyForm) -> AuthService {
