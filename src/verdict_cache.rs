@@ -59,13 +59,7 @@ impl Namespace {
 
 /// A short, non-reversible name for a key in logs: 8 hex digits of its digest.
 pub fn short_hash(d: &Digest) -> String {
-    let hex = |n: u8| char::from(if n < 10 { b'0' + n } else { b'a' + n - 10 });
-    let mut s = String::with_capacity(8);
-    for b in d.iter().take(4) {
-        s.push(hex(b >> 4));
-        s.push(hex(b & 15));
-    }
-    s
+    hex::encode(d.get(..4).unwrap_or_default())
 }
 
 /// A verdict worth keeping.
