@@ -4,17 +4,16 @@
 use crate::config::Config;
 use crate::denial::Denial;
 use crate::filter::{Flow, Stream, Worker};
-use crate::wasm_host::{log_error, start_ticks, WasmHost, FLUSH_PERIOD};
+use crate::wasm_host::{install_logging, start_ticks, WasmHost, FLUSH_PERIOD};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
 proxy_wasm::main! {{
-    std::panic::set_hook(Box::new(|info| {
-        log_error(&format!("hokusai-auth: panic, the VM will stop: {info}"));
-    }));
-    proxy_wasm::set_log_level(LogLevel::Info);
+    // Not the SDK's set_log_level: its logger unwraps host statuses, and it
+    // would install its own panic hook over ours.
+    install_logging();
     proxy_wasm::set_root_context(|_| Box::new(Root { worker: None, host: None }));
 }}
 

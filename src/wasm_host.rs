@@ -114,11 +114,52 @@ fn get_pairs(map: u32) -> Headers {
     }
 }
 
-/// Logs at error level (4) without the `log` crate's logger, whose hostcall
-/// wrapper panics on an unexpected status: for the panic hook.
-pub fn log_error(message: &str) {
+/// The `log` crate's logger in the wasm build: `proxy_log`, its status
+/// ignored. The SDK's own logger unwraps that status, and a panic stops the
+/// VM for every request.
+struct ProxyLogger;
+
+static LOGGER: ProxyLogger = ProxyLogger;
+
+impl log::Log for ProxyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // proxy-wasm log levels: trace 0 … error 4.
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        match record.args().as_str() {
+            Some(text) => write_log(level, text),
+            None => write_log(level, &record.args().to_string()),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn write_log(level: u32, message: &str) {
     // SAFETY: pointer and length of a live &str.
-    unsafe { proxy_log(4, message.as_ptr(), message.len()) };
+    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// Routes the `log` crate to Envoy and logs panics: once, as the VM starts.
+/// The panic hook writes its line itself, so it cannot panic in turn.
+pub fn install_logging() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| {
+        write_log(4, &format!("hokusai-auth: panic, the VM will stop: {info}"));
+    }));
 }
 
 /// Metric ids of this VM (Envoy shares the stats across workers by name),
