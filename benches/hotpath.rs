@@ -84,6 +84,10 @@ impl Host for NullHost {
         self.call();
         Some("127.0.0.1:5000".into())
     }
+    fn route_name(&self) -> Option<String> {
+        self.call();
+        Some("mlflow".into())
+    }
     fn count(&self, c: Counter) {
         self.call();
         black_box(c);

@@ -50,10 +50,12 @@ pub struct Audit {
 
 impl Audit {
     /// The line, once the request was decided.
-    pub fn line(&self, digest: Option<&Digest>, class: Class) -> Option<String> {
+    /// `route` names the policy that applied.
+    pub fn line(&self, route: &str, digest: Option<&Digest>, class: Class) -> Option<String> {
         let line = Line {
             event: "hokusai_auth",
             verdict: self.verdict?,
+            route,
             cache: self.cache.as_str(),
             key: digest.map(short_hash),
             source: self.source.map(Source::as_str),
@@ -72,6 +74,7 @@ impl Audit {
 struct Line<'a> {
     event: &'static str,
     verdict: &'static str,
+    route: &'a str,
     cache: &'static str,
     key: Option<String>,
     source: Option<&'static str>,
@@ -88,7 +91,7 @@ mod tests {
 
     #[test]
     fn an_undecided_request_has_no_line() {
-        assert_eq!(Audit::default().line(None, Class::Read), None);
+        assert_eq!(Audit::default().line("default", None, Class::Read), None);
     }
 
     #[test]
@@ -102,9 +105,12 @@ mod tests {
             key_id: Some("k_1".into()),
             user_id: None,
         };
-        let line = a.line(Some(&[0xab; 32]), Class::RegistryWrite).unwrap();
+        let line = a
+            .line("ui", Some(&[0xab; 32]), Class::RegistryWrite)
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["event"], "hokusai_auth");
+        assert_eq!(v["route"], "ui");
         assert_eq!(v["key"], "abababab");
         assert_eq!(v["cache"], "shared");
         assert_eq!(v["source"], "basic");

@@ -1,8 +1,15 @@
 //! Plugin configuration: the JSON Envoy hands to `on_configure`, checked
-//! once so that the request path never meets a bad value.
+//! once so that the request path never meets a bad value. The top level is
+//! the default policy plus what every route shares (the verdict cache, the
+//! identity headers, the rate-limit table, the audit line); `routes` holds
+//! rules, each selecting requests (`routes.rs`) and overriding any part of
+//! the policy for them. A rule's section is the top level's with the rule's
+//! fields laid over it; each section's form and checks are in `sections.rs`.
 
+use crate::routes::{RawMatch, Selector};
+use crate::sections::{self, At};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// How the key travels to the key service.
@@ -51,6 +58,33 @@ impl Source {
     }
 }
 
+/// The authentication scheme a 401 asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheme {
+    /// What the MLflow client answers with its token.
+    Bearer,
+    /// What makes a browser ask for a user name and password (the key).
+    Basic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    pub scheme: Scheme,
+    pub realm: String,
+}
+
+impl Challenge {
+    /// The `WWW-Authenticate` value.
+    pub fn header_value(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Bearer => "Bearer",
+            Scheme::Basic => "Basic",
+        };
+        format!("{scheme} realm=\"{}\"", self.realm)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthService {
     pub cluster: String,
@@ -81,478 +115,244 @@ pub struct ScopeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     pub default_per_hour: u64,
-    pub slots: u32,
+    /// Routes with the same scope share a key's count.
+    pub scope: String,
 }
 
-/// The validated configuration the filter runs with.
+/// What applies to a request: the top level's, or a rule's.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct Policy {
+    /// `default`, or the rule's name (`routes[i]` when it has none).
+    pub name: String,
+    /// False: no key asked for (credentials are still removed).
+    pub enabled: bool,
     pub auth: AuthService,
     pub sources: Vec<Source>,
     pub max_key_length: usize,
-    pub cache: CacheConfig,
     pub mount_prefixes: Vec<String>,
     pub ajax_api: bool,
     /// Exact request path → upstream path, for requests that need no key.
     pub public_paths: Vec<(String, String)>,
-    /// Lower-cased header names.
-    pub user_id_header: String,
-    pub key_id_header: String,
     pub scopes: ScopeConfig,
     pub rate_limit: Option<RateLimitConfig>,
-    pub audit_log: bool,
+    /// Reads without a key pass, without identity; writes still need one.
+    pub anonymous_read: bool,
+    pub challenge: Challenge,
 }
 
-// --- the JSON form -------------------------------------------------------
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    auth: RawAuth,
-    #[serde(default)]
-    credentials: RawCredentials,
-    #[serde(default)]
-    cache: RawCache,
-    #[serde(default)]
-    mlflow: RawMlflow,
-    public_paths: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    identity_headers: RawIdentityHeaders,
-    #[serde(default)]
-    scopes: RawScopes,
-    #[serde(default)]
-    rate_limit: RawRateLimit,
-    #[serde(default = "yes")]
-    audit_log: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAuth {
-    cluster: String,
-    authority: Option<String>,
-    #[serde(default = "default_validate_path")]
-    path: String,
-    service_id: String,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
-    #[serde(default = "default_key_form")]
-    key_form: KeyForm,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredentials {
-    #[serde(default = "default_sources")]
-    sources: Vec<Source>,
-    #[serde(default = "default_max_key_length")]
-    max_key_length: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCache {
-    #[serde(default = "default_slots")]
-    slots: u32,
-    #[serde(default = "default_ttl")]
-    ttl_seconds: u64,
-    #[serde(default = "default_negative_ttl")]
-    negative_ttl_seconds: u64,
-    #[serde(default)]
-    stale_if_error_seconds: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMlflow {
-    #[serde(default = "default_mounts")]
-    mount_prefixes: Vec<String>,
-    #[serde(default)]
-    ajax_api: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentityHeaders {
-    #[serde(default = "default_user_header")]
-    user_id: String,
-    #[serde(default = "default_key_header")]
-    key_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawScopes {
-    #[serde(default)]
-    read: Vec<String>,
-    #[serde(default = "default_write_scopes")]
-    write: Vec<String>,
-    #[serde(default = "default_admin_scopes")]
-    admin: Vec<String>,
-    #[serde(default)]
-    registry_writes_admin_only: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(default = "default_rate_limit")]
-    default_per_hour: u64,
-    #[serde(default = "default_slots")]
-    slots: u32,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_validate_path() -> String {
-    "/api/v1/keys/validate".into()
-}
-fn default_timeout_ms() -> u64 {
-    1000
-}
-fn default_key_form() -> KeyForm {
-    KeyForm::Header
-}
-fn default_sources() -> Vec<Source> {
-    vec![
-        Source::Bearer,
-        Source::ApiKey,
-        Source::XApiKey,
-        Source::Query,
-        Source::Basic,
-    ]
-}
-fn default_max_key_length() -> usize {
-    256
-}
-fn default_slots() -> u32 {
-    4096
-}
-fn default_ttl() -> u64 {
-    60
-}
-fn default_negative_ttl() -> u64 {
-    10
-}
-fn default_mounts() -> Vec<String> {
-    vec!["/api/mlflow".into(), "/mlflow".into()]
-}
-fn default_user_header() -> String {
-    "x-hokusai-user-id".into()
-}
-fn default_key_header() -> String {
-    "x-hokusai-api-key-id".into()
-}
-fn default_write_scopes() -> Vec<String> {
-    [
-        "mlflow:write",
-        "model:write",
-        "mlflow:admin",
-        "admin",
-        "write",
-        "full_access",
-        "mlflow:access",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-fn default_admin_scopes() -> Vec<String> {
-    ["mlflow:admin", "admin"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-fn default_rate_limit() -> u64 {
-    1000
-}
-fn default_public_paths() -> Vec<(String, String)> {
-    [
-        ("/health", "/health"),
-        ("/api/health/mlflow", "/health"),
-        ("/api/mlflow/health/mlflow", "/health"),
-    ]
-    .iter()
-    .map(|(a, b)| (a.to_string(), b.to_string()))
-    .collect()
-}
-
-impl Default for RawCredentials {
-    fn default() -> Self {
-        Self {
-            sources: default_sources(),
-            max_key_length: default_max_key_length(),
-        }
-    }
-}
-impl Default for RawCache {
-    fn default() -> Self {
-        Self {
-            slots: default_slots(),
-            ttl_seconds: default_ttl(),
-            negative_ttl_seconds: default_negative_ttl(),
-            stale_if_error_seconds: 0,
-        }
-    }
-}
-impl Default for RawMlflow {
-    fn default() -> Self {
-        Self {
-            mount_prefixes: default_mounts(),
-            ajax_api: false,
-        }
-    }
-}
-impl Default for RawIdentityHeaders {
-    fn default() -> Self {
-        Self {
-            user_id: default_user_header(),
-            key_id: default_key_header(),
-        }
-    }
-}
-impl Default for RawScopes {
-    fn default() -> Self {
-        Self {
-            read: Vec::new(),
-            write: default_write_scopes(),
-            admin: default_admin_scopes(),
-            registry_writes_admin_only: false,
-        }
-    }
-}
-impl Default for RawRateLimit {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            default_per_hour: default_rate_limit(),
-            slots: default_slots(),
-        }
-    }
-}
-
-// --- checks ----------------------------------------------------------------
-
-fn err(field: &str, why: &str) -> String {
-    format!("{field}: {why}")
-}
-
-fn nonempty(field: &str, v: &str) -> Result<(), String> {
-    if v.trim().is_empty() {
-        return Err(err(field, "must not be empty"));
-    }
-    Ok(())
-}
-
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-fn header_name(field: &str, v: &str) -> Result<String, String> {
-    if v.is_empty() || !v.bytes().all(is_token_char) {
-        return Err(err(field, "must be a valid HTTP header name"));
-    }
-    Ok(v.to_ascii_lowercase())
-}
-
-fn absolute_path(field: &str, v: &str) -> Result<(), String> {
-    if !v.starts_with('/') || v.contains(['?', '#']) || v.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-        return Err(err(
-            field,
-            "must be an absolute path without query, spaces or control characters",
-        ));
-    }
-    Ok(())
-}
-
-fn range(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
-    if v < lo || v > hi {
-        return Err(err(field, &format!("must be between {lo} and {hi}")));
-    }
-    Ok(())
-}
-
-fn scope_list(field: &str, v: Vec<String>) -> Result<Vec<String>, String> {
-    if v.iter().any(|s| s.trim().is_empty()) {
-        return Err(err(field, "scopes must not be empty strings"));
-    }
-    Ok(v)
-}
-
-impl Config {
-    /// Parses and checks the plugin configuration; the error names the field.
-    pub fn parse(bytes: &[u8]) -> Result<Config, String> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
-        // Checked in the order of the sections, so the first bad one is named.
-        let auth = auth_service(raw.auth)?;
-        let (sources, max_key_length) = credentials(raw.credentials)?;
-        let cache = cache(raw.cache)?;
-        let mount_prefixes = mount_prefixes(raw.mlflow.mount_prefixes)?;
-        let public_paths = public_paths(raw.public_paths)?;
-        let (user_id_header, key_id_header) = identity_headers(raw.identity_headers)?;
-        Ok(Config {
-            auth,
-            sources,
-            max_key_length,
-            cache,
-            mount_prefixes,
-            ajax_api: raw.mlflow.ajax_api,
-            public_paths,
-            user_id_header,
-            key_id_header,
-            scopes: scopes(raw.scopes)?,
-            rate_limit: rate_limit(raw.rate_limit)?,
-            audit_log: raw.audit_log,
-        })
-    }
-
+impl Policy {
     pub fn accepts(&self, source: Source) -> bool {
         self.sources.contains(&source)
     }
 }
 
-fn auth_service(a: RawAuth) -> Result<AuthService, String> {
-    nonempty("auth.cluster", &a.cluster)?;
-    nonempty("auth.service_id", &a.service_id)?;
-    if a.service_id.bytes().any(|b| b < b' ' || b == 0x7f) {
-        return Err(err(
-            "auth.service_id",
-            "must not contain control characters",
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub selector: Selector,
+    pub policy: Policy,
+}
+
+/// The validated configuration the filter runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// For requests no rule selects.
+    pub policy: Policy,
+    pub rules: Vec<Rule>,
+    pub cache: CacheConfig,
+    /// Lower-cased header names.
+    pub user_id_header: String,
+    pub key_id_header: String,
+    /// Slots of the rate-limit counter table every route shares.
+    pub rate_limit_slots: u32,
+    pub audit_log: bool,
+}
+
+/// The sections a rule may override, in the order they are checked.
+const POLICY_SECTIONS: [&str; 9] = [
+    "enabled",
+    "auth",
+    "credentials",
+    "mlflow",
+    "public_paths",
+    "scopes",
+    "rate_limit",
+    "anonymous_read",
+    "challenge",
+];
+/// What only the top level sets.
+const GLOBAL_SECTIONS: [&str; 4] = ["cache", "identity_headers", "audit_log", "routes"];
+/// What only a rule sets.
+const RULE_FIELDS: [&str; 2] = ["name", "match"];
+
+type Sections = Map<String, Value>;
+
+impl Config {
+    /// Parses and checks the plugin configuration; the error names the field.
+    pub fn parse(bytes: &[u8]) -> Result<Config, String> {
+        let top: Sections =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
+        known_fields(&top, &[&POLICY_SECTIONS, &GLOBAL_SECTIONS], |f| {
+            format!("invalid configuration: unknown field `{f}`")
+        })?;
+        let at = At("");
+        let policy = policy(at, "default", &top)?;
+        let cache = sections::cache(at, at.read("cache", top.get("cache"))?)?;
+        let (user_id_header, key_id_header) = sections::identity_headers(
+            at,
+            at.read("identity_headers", top.get("identity_headers"))?,
+        )?;
+        let rate = at.read("rate_limit", top.get("rate_limit"))?;
+        Ok(Config {
+            rules: rules(&top)?,
+            policy,
+            cache,
+            user_id_header,
+            key_id_header,
+            rate_limit_slots: sections::rate_limit_slots(at, &rate)?,
+            audit_log: flag(at, &top, "audit_log", true)?,
+        })
+    }
+
+    /// The policy at `index`: 0 the default, i + 1 rule i.
+    pub fn policy_at(&self, index: usize) -> &Policy {
+        match index.checked_sub(1).and_then(|i| self.rules.get(i)) {
+            Some(rule) => &rule.policy,
+            None => &self.policy,
+        }
+    }
+
+    /// Every policy, the default first, each at its `policy_at` index.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        std::iter::once(&self.policy).chain(self.rules.iter().map(|r| &r.policy))
+    }
+}
+
+fn known_fields(
+    map: &Sections,
+    known: &[&[&str]],
+    unknown: impl Fn(&str) -> String,
+) -> Result<(), String> {
+    let is_known = |k: &str| known.iter().any(|list| list.contains(&k));
+    match map.keys().find(|k| !is_known(k)) {
+        Some(k) => Err(unknown(k)),
+        None => Ok(()),
+    }
+}
+
+fn flag(at: At, sections: &Sections, name: &str, default: bool) -> Result<bool, String> {
+    match sections.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| at.err(name, "must be true or false")),
+    }
+}
+
+/// One policy from its sections (the top level's, or a rule's laid over them).
+fn policy(at: At, name: &str, s: &Sections) -> Result<Policy, String> {
+    let enabled = flag(at, s, "enabled", true)?;
+    let auth = sections::auth_service(at, at.read("auth", s.get("auth"))?)?;
+    let (sources, max_key_length) =
+        sections::credentials(at, at.read("credentials", s.get("credentials"))?)?;
+    let (mount_prefixes, ajax_api) = sections::mlflow(at, at.read("mlflow", s.get("mlflow"))?)?;
+    let public_paths = sections::public_paths(at, s.get("public_paths"))?;
+    let scopes = sections::scopes(at, at.read("scopes", s.get("scopes"))?)?;
+    let default_scope = format!("{}@{}", auth.service_id, auth.cluster);
+    let rate = at.read("rate_limit", s.get("rate_limit"))?;
+    Ok(Policy {
+        name: name.to_string(),
+        enabled,
+        auth,
+        sources,
+        max_key_length,
+        mount_prefixes,
+        ajax_api,
+        public_paths,
+        scopes,
+        rate_limit: sections::rate_limit(at, rate, &default_scope)?,
+        anonymous_read: flag(at, s, "anonymous_read", false)?,
+        challenge: sections::challenge(at, at.read("challenge", s.get("challenge"))?)?,
+    })
+}
+
+fn rules(top: &Sections) -> Result<Vec<Rule>, String> {
+    let Some(list) = top.get("routes") else {
+        return Ok(Vec::new());
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| "routes: must be a list of rules".to_string())?;
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, raw) in list.iter().enumerate() {
+        let prefix = format!("routes[{i}].");
+        let rule = rule(At(&prefix), i, raw, top)?;
+        if let Some(dup) = rules.iter().position(|r| r.selector == rule.selector) {
+            return Err(format!(
+                "routes[{i}].match: the same as routes[{dup}].match, so it could never apply"
+            ));
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+fn rule(at: At, i: usize, raw: &Value, top: &Sections) -> Result<Rule, String> {
+    let raw = raw
+        .as_object()
+        .ok_or_else(|| format!("routes[{i}]: must be an object"))?;
+    known_fields(raw, &[&RULE_FIELDS, &POLICY_SECTIONS], |f| {
+        at.err(f, "not a field of a rule (the cache, identity headers and audit log are set at the top level only)")
+    })?;
+    let selector = Selector::parse(at, at.read::<RawMatch>("match", raw.get("match"))?)?;
+    let sets_slots = raw
+        .get("rate_limit")
+        .and_then(Value::as_object)
+        .is_some_and(|r| r.contains_key("slots"));
+    if sets_slots {
+        return Err(at.err(
+            "rate_limit.slots",
+            "set it at the top level: one counter table serves every route",
         ));
     }
-    absolute_path("auth.path", &a.path)?;
-    range("auth.timeout_ms", a.timeout_ms, 10, 60_000)?;
-    let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
-    if authority.is_empty()
-        || authority
-            .bytes()
-            .any(|b| b <= b' ' || b >= 0x7f || b == b'/')
-    {
-        return Err(err("auth.authority", "must be a host[:port]"));
-    }
-    Ok(AuthService {
-        cluster: a.cluster,
-        authority,
-        path: a.path,
-        service_id: a.service_id,
-        timeout: Duration::from_millis(a.timeout_ms),
-        key_form: a.key_form,
-    })
+    let name = rule_name(at, i, raw.get("name"))?;
+    let policy = policy(at, &name, &over(top, raw))?;
+    Ok(Rule { selector, policy })
 }
 
-fn credentials(c: RawCredentials) -> Result<(Vec<Source>, usize), String> {
-    if c.sources.is_empty() {
-        return Err(err("credentials.sources", "must name at least one source"));
-    }
-    let mut sources = Vec::new();
-    for s in c.sources {
-        if sources.contains(&s) {
-            return Err(err("credentials.sources", "lists a source twice"));
-        }
-        sources.push(s);
-    }
-    range(
-        "credentials.max_key_length",
-        c.max_key_length as u64,
-        8,
-        4096,
-    )?;
-    Ok((sources, c.max_key_length))
-}
-
-fn cache(k: RawCache) -> Result<CacheConfig, String> {
-    range("cache.slots", k.slots.into(), 16, 1 << 20)?;
-    range("cache.ttl_seconds", k.ttl_seconds, 1, 86_400)?;
-    range(
-        "cache.negative_ttl_seconds",
-        k.negative_ttl_seconds,
-        0,
-        86_400,
-    )?;
-    range(
-        "cache.stale_if_error_seconds",
-        k.stale_if_error_seconds,
-        0,
-        86_400,
-    )?;
-    Ok(CacheConfig {
-        slots: k.slots,
-        ttl_ms: k.ttl_seconds * 1000,
-        negative_ttl_ms: k.negative_ttl_seconds * 1000,
-        stale_if_error_ms: k.stale_if_error_seconds * 1000,
-    })
-}
-
-fn mount_prefixes(raw: Vec<String>) -> Result<Vec<String>, String> {
-    let mut mounts = Vec::new();
-    for p in raw {
-        absolute_path("mlflow.mount_prefixes", &p)?;
-        let p = p.trim_end_matches('/').to_string();
-        if p.is_empty() {
-            return Err(err("mlflow.mount_prefixes", "\"/\" is not a mount prefix"));
-        }
-        mounts.push(p);
-    }
-    // Longest first, so that nested mounts strip the most specific one.
-    mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    Ok(mounts)
-}
-
-fn public_paths(raw: Option<BTreeMap<String, String>>) -> Result<Vec<(String, String)>, String> {
-    let Some(map) = raw else {
-        return Ok(default_public_paths());
+fn rule_name(at: At, i: usize, raw: Option<&Value>) -> Result<String, String> {
+    let Some(v) = raw else {
+        return Ok(format!("routes[{i}]"));
     };
-    let mut paths = Vec::new();
-    for (from, to) in map {
-        absolute_path("public_paths", &from)?;
-        absolute_path("public_paths", &to)?;
-        paths.push((from, to));
+    let valid = |n: &&str| {
+        !n.is_empty() && n.len() <= 64 && n.bytes().all(|b| b.is_ascii_graphic()) && *n != "default"
+    };
+    match v.as_str().filter(valid) {
+        Some(n) => Ok(n.to_string()),
+        None => Err(at.err(
+            "name",
+            "must be 1 to 64 visible ASCII characters, and not `default`",
+        )),
     }
-    Ok(paths)
 }
 
-fn identity_headers(raw: RawIdentityHeaders) -> Result<(String, String), String> {
-    let user_id = header_name("identity_headers.user_id", &raw.user_id)?;
-    let key_id = header_name("identity_headers.key_id", &raw.key_id)?;
-    if user_id == key_id {
-        return Err(err("identity_headers", "user_id and key_id must differ"));
+/// A rule's sections: the top level's with the rule's fields laid over them
+/// (`public_paths` and the flags are replaced whole).
+fn over(top: &Sections, rule: &Sections) -> Sections {
+    let mut out = Map::new();
+    for key in POLICY_SECTIONS {
+        let merged = match (top.get(key), rule.get(key)) {
+            (Some(Value::Object(t)), Some(Value::Object(r))) if key != "public_paths" => {
+                let mut m = t.clone();
+                m.extend(r.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Value::Object(m)
+            }
+            (_, Some(r)) => r.clone(),
+            (Some(t), None) => t.clone(),
+            (None, None) => continue,
+        };
+        out.insert(key.to_string(), merged);
     }
-    for reserved in ["authorization", "x-api-key", "host"] {
-        if user_id == reserved || key_id == reserved {
-            return Err(err("identity_headers", "must not name a credential header"));
-        }
-    }
-    Ok((user_id, key_id))
-}
-
-fn scopes(s: RawScopes) -> Result<ScopeConfig, String> {
-    Ok(ScopeConfig {
-        read: scope_list("scopes.read", s.read)?,
-        write: scope_list("scopes.write", s.write)?,
-        admin: scope_list("scopes.admin", s.admin)?,
-        registry_writes_admin_only: s.registry_writes_admin_only,
-    })
-}
-
-fn rate_limit(r: RawRateLimit) -> Result<Option<RateLimitConfig>, String> {
-    if !r.enabled {
-        return Ok(None);
-    }
-    range(
-        "rate_limit.default_per_hour",
-        r.default_per_hour,
-        1,
-        1 << 32,
-    )?;
-    range("rate_limit.slots", r.slots.into(), 16, 1 << 20)?;
-    Ok(Some(RateLimitConfig {
-        default_per_hour: r.default_per_hour,
-        slots: r.slots,
-    }))
+    out
 }
 
 #[cfg(test)]
@@ -564,31 +364,38 @@ mod tests {
     #[test]
     fn minimal_config_gets_documented_defaults() {
         let c = Config::parse(MIN.as_bytes()).unwrap();
-        assert_eq!(c.auth.authority, "hokusai_auth");
-        assert_eq!(c.auth.path, "/api/v1/keys/validate");
-        assert_eq!(c.auth.timeout, Duration::from_millis(1000));
-        assert_eq!(c.auth.key_form, KeyForm::Header);
-        assert_eq!(c.sources.len(), 5);
-        assert_eq!(c.max_key_length, 256);
+        assert_eq!(c.policy.auth.authority, "hokusai_auth");
+        assert_eq!(c.policy.auth.path, "/api/v1/keys/validate");
+        assert_eq!(c.policy.auth.timeout, Duration::from_millis(1000));
+        assert_eq!(c.policy.auth.key_form, KeyForm::Header);
+        assert_eq!(c.policy.sources.len(), 5);
+        assert_eq!(c.policy.max_key_length, 256);
         assert_eq!(c.cache.slots, 4096);
         assert_eq!(c.cache.ttl_ms, 60_000);
         assert_eq!(c.cache.negative_ttl_ms, 10_000);
         assert_eq!(c.cache.stale_if_error_ms, 0);
-        assert_eq!(c.mount_prefixes, vec!["/api/mlflow", "/mlflow"]);
-        assert!(!c.ajax_api);
-        assert_eq!(c.public_paths.len(), 3);
+        assert_eq!(c.policy.mount_prefixes, vec!["/api/mlflow", "/mlflow"]);
+        assert!(!c.policy.ajax_api);
+        assert_eq!(c.policy.public_paths.len(), 3);
         assert_eq!(c.user_id_header, "x-hokusai-user-id");
         assert_eq!(c.key_id_header, "x-hokusai-api-key-id");
-        assert!(c.scopes.read.is_empty());
-        assert!(c.scopes.write.contains(&"mlflow:access".to_string()));
-        assert_eq!(c.scopes.admin, vec!["mlflow:admin", "admin"]);
+        assert!(c.policy.scopes.read.is_empty());
+        assert!(c.policy.scopes.write.contains(&"mlflow:access".to_string()));
+        assert_eq!(c.policy.scopes.admin, vec!["mlflow:admin", "admin"]);
         assert_eq!(
-            c.rate_limit,
+            c.policy.rate_limit,
             Some(RateLimitConfig {
                 default_per_hour: 1000,
-                slots: 4096
+                scope: "platform@hokusai_auth".into()
             })
         );
+        assert_eq!(c.rate_limit_slots, 4096);
+        assert!(c.policy.enabled && !c.policy.anonymous_read);
+        assert_eq!(
+            c.policy.challenge.header_value(),
+            "Bearer realm=\"hokusai\""
+        );
+        assert!(c.rules.is_empty());
         assert!(c.audit_log);
     }
 
@@ -705,17 +512,20 @@ mod tests {
         }"#,
         )
         .unwrap();
-        assert_eq!(c.auth.key_form, KeyForm::Body);
-        assert_eq!(c.auth.timeout, Duration::from_millis(250));
-        assert_eq!(c.sources, vec![Source::Bearer, Source::Basic]);
-        assert!(c.accepts(Source::Basic) && !c.accepts(Source::Query));
+        assert_eq!(c.policy.auth.key_form, KeyForm::Body);
+        assert_eq!(c.policy.auth.timeout, Duration::from_millis(250));
+        assert_eq!(c.policy.sources, vec![Source::Bearer, Source::Basic]);
+        assert!(c.policy.accepts(Source::Basic) && !c.policy.accepts(Source::Query));
         assert_eq!(c.cache.stale_if_error_ms, 300_000);
-        assert_eq!(c.mount_prefixes, vec!["/api/mlflow", "/mlflow"]);
-        assert!(c.ajax_api);
-        assert_eq!(c.public_paths, vec![("/healthz".into(), "/health".into())]);
+        assert_eq!(c.policy.mount_prefixes, vec!["/api/mlflow", "/mlflow"]);
+        assert!(c.policy.ajax_api);
+        assert_eq!(
+            c.policy.public_paths,
+            vec![("/healthz".into(), "/health".into())]
+        );
         assert_eq!(c.user_id_header, "x-user");
-        assert!(c.scopes.registry_writes_admin_only);
-        assert_eq!(c.rate_limit, None);
+        assert!(c.policy.scopes.registry_writes_admin_only);
+        assert_eq!(c.policy.rate_limit, None);
         assert!(!c.audit_log);
     }
 
@@ -723,5 +533,116 @@ mod tests {
     fn not_json_is_rejected() {
         assert!(parse_err("not json").contains("invalid configuration"));
         assert!(parse_err("").contains("invalid configuration"));
+    }
+
+    const TWO_SERVICES: &str = r#"{
+        "auth": {"cluster": "hokusai_auth", "service_id": "platform", "timeout_ms": 500},
+        "scopes": {"read": ["mlflow:read"]},
+        "routes": [
+            {"name": "api", "match": {"path_prefix": "/api/mlflow/api"}},
+            {"name": "ui", "match": {"path_prefix": "/api/mlflow"},
+             "challenge": {"scheme": "basic", "realm": "Hokusai MLflow"}, "anonymous_read": true},
+            {"match": {"host": "*.staging.example.com", "route_name": "staging"},
+             "auth": {"service_id": "ml-platform"}, "scopes": {"write": ["w"]},
+             "rate_limit": {"default_per_hour": 10}},
+            {"match": {"path_prefix": "/static"}, "enabled": false}
+        ]
+    }"#;
+
+    #[test]
+    fn rules_override_parts_of_the_default_and_inherit_the_rest() {
+        let c = Config::parse(TWO_SERVICES.as_bytes()).unwrap();
+        assert_eq!(c.rules.len(), 4);
+        assert_eq!(c.policy_at(0).name, "default");
+        let api = c.policy_at(1);
+        assert_eq!(api.name, "api");
+        assert_eq!(
+            api.auth, c.policy.auth,
+            "a rule without overrides is the default"
+        );
+        let ui = c.policy_at(2);
+        assert_eq!(
+            ui.challenge.header_value(),
+            "Basic realm=\"Hokusai MLflow\""
+        );
+        assert!(ui.anonymous_read && !c.policy.anonymous_read);
+        let staging = c.policy_at(3);
+        assert_eq!(staging.name, "routes[2]");
+        assert_eq!(staging.auth.service_id, "ml-platform");
+        assert_eq!(
+            staging.auth.cluster, "hokusai_auth",
+            "fields not overridden are inherited"
+        );
+        assert_eq!(staging.auth.timeout, Duration::from_millis(500));
+        assert_eq!(staging.scopes.write, vec!["w"]);
+        assert_eq!(
+            staging.scopes.read,
+            vec!["mlflow:read"],
+            "field by field within a section"
+        );
+        let limit = staging.rate_limit.as_ref().unwrap();
+        assert_eq!(limit.default_per_hour, 10);
+        assert_eq!(limit.scope, "ml-platform@hokusai_auth");
+        assert!(!c.policy_at(4).enabled);
+        assert_eq!(c.policies().count(), 5);
+        assert_eq!(c.policy_at(99).name, "default");
+    }
+
+    #[test]
+    fn bad_rules_are_rejected_naming_the_field() {
+        let with = |routes: &str| {
+            parse_err(&format!(
+                r#"{{"auth": {{"cluster": "a", "service_id": "p"}}, "routes": {routes}}}"#
+            ))
+        };
+        for (routes, field) in [
+            (r#"{}"#, "routes: "),
+            (r#"[{"match": {}}]"#, "routes[0].match: "),
+            (r#"[{"enabled": false}]"#, "routes[0].match: "),
+            (
+                r#"[{"match": {"host": "a"}}, {"match": {"host": "b"}, "scopes": {"write": [""]}}]"#,
+                "routes[1].scopes.write: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "auth": {"timeout_ms": 1}}]"#,
+                "routes[0].auth.timeout_ms: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "auth": {"service": "x"}}]"#,
+                "routes[0].auth: unknown field `service`",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "cache": {}}]"#,
+                "routes[0].cache: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "rate_limit": {"slots": 64}}]"#,
+                "routes[0].rate_limit.slots: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "challenge": {"scheme": "digest"}}]"#,
+                "routes[0].challenge: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "challenge": {"realm": "a\"b"}}]"#,
+                "routes[0].challenge.realm: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "anonymous_read": "yes"}]"#,
+                "routes[0].anonymous_read: ",
+            ),
+            (
+                r#"[{"match": {"host": "a"}, "name": "default"}]"#,
+                "routes[0].name: ",
+            ),
+            (
+                r#"[{"match": {"host": "a", "path_prefix": "/x/"}}, {"match": {"path_prefix": "/x", "host": "A"}}]"#,
+                "routes[1].match: the same as routes[0].match",
+            ),
+            (r#"[7]"#, "routes[0]: "),
+        ] {
+            let e = with(routes);
+            assert!(e.starts_with(field), "{routes}: {e}");
+        }
     }
 }

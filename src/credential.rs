@@ -3,7 +3,7 @@
 //! rather than a guess) and removing every credential and client-made
 //! identity claim before the request goes anywhere.
 
-use crate::config::{Config, Source};
+use crate::config::{Config, Policy, Source};
 use crate::host::Host;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -138,7 +138,7 @@ pub fn remove_query_key(query: &str) -> Option<String> {
 }
 
 /// Finds the one key a request carries, or says why there is none to use.
-pub fn extract(p: &Presented<'_>, cfg: &Config) -> Result<Credential, CredentialError> {
+pub fn extract(p: &Presented<'_>, cfg: &Policy) -> Result<Credential, CredentialError> {
     let mut found: Option<Credential> = None;
     let mut first_error: Option<CredentialError> = None;
     let mut offer = |source: Source, candidate: Result<String, CredentialError>| {
@@ -320,7 +320,7 @@ mod tests {
             query,
             ..Presented::default()
         };
-        extract(&p, &cfg())
+        extract(&p, &cfg().policy)
     }
 
     fn ok(key: &str, source: Source) -> Result<Credential, CredentialError> {
@@ -483,7 +483,7 @@ mod tests {
             query: Some("api_key=hk_b"),
             ..Presented::default()
         };
-        assert_eq!(extract(&p, &cfg), Err(CredentialError::Missing));
+        assert_eq!(extract(&p, &cfg.policy), Err(CredentialError::Missing));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a refusal into the client's reply, the stat it counts in and the verdict
 //! the audit line shows.
 
+use crate::config::Policy;
 use crate::credential::CredentialError;
 use crate::host::Host;
 use crate::metrics::Counter;
@@ -13,9 +14,16 @@ pub enum Denial {
     /// A path that different servers could read differently.
     AmbiguousPath,
     /// No usable key in the request: nothing was asked of the key service.
-    Credential(CredentialError),
+    /// `challenge` is the route's `WWW-Authenticate` value.
+    Credential {
+        error: CredentialError,
+        challenge: String,
+    },
     /// The key service's 401: invalid, expired or registered elsewhere.
-    InvalidKey { service_id: String },
+    InvalidKey {
+        service_id: String,
+        challenge: String,
+    },
     /// The key service's 429.
     AuthRateLimited,
     /// The key service could not give a verdict.
@@ -29,6 +37,20 @@ pub enum Denial {
 }
 
 impl Denial {
+    pub fn credential(error: CredentialError, policy: &Policy) -> Denial {
+        Denial::Credential {
+            error,
+            challenge: policy.challenge.header_value(),
+        }
+    }
+
+    pub fn invalid_key(policy: &Policy) -> Denial {
+        Denial::InvalidKey {
+            service_id: policy.auth.service_id.clone(),
+            challenge: policy.challenge.header_value(),
+        }
+    }
+
     /// Sends the reply and counts the refusal.
     pub fn send<H: Host>(&self, host: &H) {
         host.count(self.counter());
@@ -38,7 +60,7 @@ impl Denial {
     pub fn counter(&self) -> Counter {
         match self {
             Self::AmbiguousPath => Counter::DeniedBadRequest,
-            Self::Credential(_) => Counter::DeniedUnauthenticated,
+            Self::Credential { .. } => Counter::DeniedUnauthenticated,
             Self::InvalidKey { .. } => Counter::DeniedInvalidKey,
             Self::AuthRateLimited => Counter::DeniedAuthRateLimited,
             Self::Unavailable | Self::NotConfigured => Counter::Unavailable,
@@ -51,7 +73,7 @@ impl Denial {
     pub fn verdict(&self) -> &'static str {
         match self {
             Self::AmbiguousPath => "bad_path",
-            Self::Credential(e) => e.reason(),
+            Self::Credential { error, .. } => error.reason(),
             Self::InvalidKey { .. } => "invalid_key",
             Self::AuthRateLimited => "auth_rate_limited",
             Self::Unavailable | Self::NotConfigured => "unavailable",
@@ -69,7 +91,7 @@ impl Denial {
     fn status(&self) -> (u32, &'static str) {
         match self {
             Self::AmbiguousPath => (400, "INVALID_PARAMETER_VALUE"),
-            Self::Credential(_) | Self::InvalidKey { .. } => (401, "UNAUTHENTICATED"),
+            Self::Credential { .. } | Self::InvalidKey { .. } => (401, "UNAUTHENTICATED"),
             Self::Forbidden(_) => (403, "PERMISSION_DENIED"),
             Self::AuthRateLimited | Self::RateLimited { .. } => (429, "RESOURCE_EXHAUSTED"),
             Self::Unavailable | Self::NotConfigured => (503, "TEMPORARILY_UNAVAILABLE"),
@@ -79,8 +101,8 @@ impl Denial {
     fn message(&self) -> String {
         match self {
             Self::AmbiguousPath => "the request path is ambiguous (dot segments, doubled or encoded slashes, ';' or encoded unreserved characters)".into(),
-            Self::Credential(e) => e.message().into(),
-            Self::InvalidKey { service_id } => format!(
+            Self::Credential { error, .. } => error.message().into(),
+            Self::InvalidKey { service_id, .. } => format!(
                 "the API key is invalid, expired, or not registered for service '{service_id}'"
             ),
             Self::AuthRateLimited => {
@@ -99,8 +121,8 @@ impl Denial {
     /// What the client should do next: authenticate, or retry when.
     fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::Credential(_) | Self::InvalidKey { .. } => {
-                vec![("www-authenticate", "Bearer realm=\"hokusai\"".into())]
+            Self::Credential { challenge, .. } | Self::InvalidKey { challenge, .. } => {
+                vec![("www-authenticate", challenge.clone())]
             }
             Self::AuthRateLimited => vec![("retry-after", "60".into())],
             Self::Unavailable | Self::NotConfigured => vec![("retry-after", "1".into())],
@@ -118,6 +140,11 @@ impl Denial {
 mod tests {
     use super::*;
 
+    fn policy() -> Policy {
+        let json = br#"{"auth": {"cluster": "c", "service_id": "platform"}}"#;
+        crate::config::Config::parse(json).unwrap().policy
+    }
+
     fn header<'r>(r: &'r Reply, n: &str) -> Option<&'r str> {
         r.headers
             .iter()
@@ -130,17 +157,11 @@ mod tests {
         for (d, status, code) in [
             (Denial::AmbiguousPath, 400, "INVALID_PARAMETER_VALUE"),
             (
-                Denial::Credential(CredentialError::Missing),
+                Denial::credential(CredentialError::Missing, &policy()),
                 401,
                 "UNAUTHENTICATED",
             ),
-            (
-                Denial::InvalidKey {
-                    service_id: "platform".into(),
-                },
-                401,
-                "UNAUTHENTICATED",
-            ),
+            (Denial::invalid_key(&policy()), 401, "UNAUTHENTICATED"),
             (Denial::Forbidden("f".into()), 403, "PERMISSION_DENIED"),
             (Denial::AuthRateLimited, 429, "RESOURCE_EXHAUSTED"),
             (Denial::Unavailable, 503, "TEMPORARILY_UNAVAILABLE"),
@@ -158,7 +179,7 @@ mod tests {
 
     #[test]
     fn headers_tell_the_client_what_to_do() {
-        let missing = Denial::Credential(CredentialError::Missing).reply();
+        let missing = Denial::credential(CredentialError::Missing, &policy()).reply();
         assert_eq!(
             header(&missing, "www-authenticate"),
             Some("Bearer realm=\"hokusai\"")
@@ -190,10 +211,7 @@ mod tests {
 
     #[test]
     fn an_invalid_key_is_named_by_the_configured_service_only() {
-        let r = Denial::InvalidKey {
-            service_id: "platform".into(),
-        }
-        .reply();
+        let r = Denial::invalid_key(&policy()).reply();
         assert!(r.body.contains("not registered for service 'platform'"));
     }
 }

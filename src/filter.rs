@@ -1,24 +1,28 @@
 //! The request state machine: one `Stream` per HTTP request, one `Worker`
 //! per VM (Envoy runs a VM per worker thread). A request goes through named
-//! steps: read its headers, remove its credentials, rewrite its path, let
-//! public ones through, find its key, get a verdict (the cache, else the
-//! callout another request already has in flight, else a callout of its
-//! own), admit it (verdict, scopes, rate limit) and forward it. Every
-//! refusal goes through `Stream::deny`; every host interaction through `Host`.
+//! steps: read its headers, remove its credentials, check its path, select
+//! the policy of its route, rewrite its path, let through what needs no key
+//! (public paths, preflights, routes without auth, anonymous reads), find
+//! its key, get a verdict (the cache, else the callout another request
+//! already has in flight, else a callout of its own), admit it (verdict,
+//! scopes, rate limit) and forward it. Every refusal goes through
+//! `Stream::deny`, every pass without a key through `Stream::pass`, every
+//! host interaction through `Host`.
 
 use crate::audit::{Audit, CacheState};
-use crate::class_memo::ClassMemo;
-use crate::config::Config;
-use crate::credential::{self, Credential, Presented};
+use crate::config::{Config, Policy};
+use crate::credential::{self, Credential, CredentialError, Presented};
 use crate::denial::Denial;
 use crate::endpoints::{Class, EndpointTable};
 use crate::flight::Flights;
 use crate::host::{Headers, Host};
+use crate::memo::Memo;
 use crate::metrics::Counter;
 use crate::policy;
 use crate::ratelimit::{RateLimiter, Window};
 use crate::reply;
 use crate::rewrite;
+use crate::routes::{RouteTable, Selector};
 use crate::validation::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
 use crate::verdict_cache::{Cached, Digest, Lookup, Namespace, VerdictCache};
 use std::cell::RefCell;
@@ -38,25 +42,48 @@ type Waiter = Weak<RefCell<Stream>>;
 pub struct Worker {
     pub cfg: Config,
     endpoints: EndpointTable,
-    classes: ClassMemo,
-    namespace: Namespace,
+    classes: Memo<Class>,
+    routes: RouteTable,
+    /// Each policy's verdict namespace, at its `Config::policy_at` index.
+    namespaces: Vec<Namespace>,
     cache: VerdictCache,
-    rate: Option<RateLimiter>,
+    rate: RateLimiter,
     flights: RefCell<Flights<Waiter>>,
 }
 
 impl Worker {
     pub fn new(cfg: Config) -> Result<Self, String> {
+        let selectors: Vec<Selector> = cfg.rules.iter().map(|r| r.selector.clone()).collect();
         Ok(Self {
             endpoints: EndpointTable::builtin()?,
-            classes: ClassMemo::default(),
-            namespace: Namespace::of(&cfg.auth),
+            classes: Memo::new(64),
+            routes: RouteTable::new(selectors),
+            namespaces: cfg.policies().map(|p| Namespace::of(&p.auth)).collect(),
             cache: VerdictCache::new(&cfg.cache),
-            rate: cfg.rate_limit.as_ref().map(RateLimiter::new),
+            rate: RateLimiter::new(cfg.rate_limit_slots),
             flights: RefCell::default(),
             cfg,
         })
     }
+
+    fn namespace(&self, policy: usize) -> Namespace {
+        self.namespaces
+            .get(policy)
+            .or(self.namespaces.first())
+            .copied()
+            .unwrap_or_else(|| Namespace::of(&self.cfg.policy.auth))
+    }
+}
+
+/// Why a request goes on without a key.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// A public path, or a CORS preflight.
+    Public,
+    /// A route whose policy asks for no key.
+    NotEnforced,
+    /// A read on a route that allows anonymous reads.
+    Anonymous,
 }
 
 enum State {
@@ -80,6 +107,8 @@ pub struct Stream {
     me: Waiter,
     worker: Rc<Worker>,
     state: State,
+    /// The policy that applies, at its `Config::policy_at` index.
+    policy: usize,
     class: Class,
     /// The key's digest, once the key is known.
     digest: Option<Digest>,
@@ -96,6 +125,7 @@ pub struct Stream {
 struct Request<'h> {
     method: &'h str,
     path: &'h str,
+    authority: &'h str,
     forwarded_for: Option<&'h [u8]>,
     presented: Presented<'h>,
 }
@@ -105,6 +135,7 @@ impl<'h> Request<'h> {
         let mut r = Request {
             method: "",
             path: "",
+            authority: "",
             forwarded_for: None,
             presented: Presented::default(),
         };
@@ -112,6 +143,7 @@ impl<'h> Request<'h> {
             match name {
                 ":method" => r.method = std::str::from_utf8(value).unwrap_or(""),
                 ":path" => r.path = std::str::from_utf8(value).unwrap_or(""),
+                ":authority" => r.authority = std::str::from_utf8(value).unwrap_or(""),
                 "x-forwarded-for" => r.forwarded_for = r.forwarded_for.or(Some(value)),
                 _ => r.presented.note(name, value, cfg),
             }
@@ -129,6 +161,7 @@ impl Stream {
                 me: me.clone(),
                 worker,
                 state: State::Start,
+                policy: 0,
                 class: Class::Write,
                 digest: None,
                 window: None,
@@ -150,45 +183,67 @@ impl Stream {
             a.method = request.method.to_string();
         }
         let (path, query) = rewrite::split(request.path);
-        request.presented.query = query;
-        let Some((mlflow_path, public)) = self.rewrite_path(host, path, query) else {
+        // Before any route is chosen by its path: what a rule selects must be
+        // what the upstream serves.
+        if !rewrite::is_unambiguous(path) {
+            self.note_path("<refused>");
             return self.deny(host, Denial::AmbiguousPath);
-        };
-        if public || request.method == "OPTIONS" {
-            return self.pass_public(host);
         }
-        let credential = match credential::extract(&request.presented, &worker.cfg) {
-            Ok(c) => c,
-            Err(e) => return self.deny(host, Denial::Credential(e)),
-        };
-        self.class = worker
-            .classes
-            .classify(&worker.endpoints, request.method, mlflow_path);
-        self.find_verdict(host, &credential, request.forwarded_for)
+        self.policy = self.select_policy(host, request.authority, path);
+        let policy = worker.cfg.policy_at(self.policy);
+        request.presented.query = query;
+        let (mlflow_path, public) = self.rewrite_path(host, policy, path, query);
+        if public || request.method == "OPTIONS" {
+            return self.pass(host, Pass::Public);
+        }
+        if !policy.enabled {
+            return self.pass(host, Pass::NotEnforced);
+        }
+        self.class = worker.classes.get_or(&[request.method, mlflow_path], || {
+            worker.endpoints.classify(request.method, mlflow_path)
+        });
+        match credential::extract(&request.presented, policy) {
+            Ok(credential) => self.find_verdict(host, &credential, request.forwarded_for),
+            Err(CredentialError::Missing) if policy.anonymous_read && self.class == Class::Read => {
+                self.pass(host, Pass::Anonymous)
+            }
+            Err(e) => self.deny(host, Denial::credential(e, policy)),
+        }
     }
 
-    /// Checks the path and rewrites it for MLflow: mount stripped, public
-    /// path mapped, `api/` → `ajax-api/` if configured, the query's key
-    /// removed. The MLflow path and whether it is public; None when the
-    /// path is ambiguous.
+    /// The rule that applies (its policy's index), by route name (one
+    /// hostcall, only when a rule names routes), host and path.
+    fn select_policy<H: Host>(&self, host: &H, authority: &str, path: &str) -> usize {
+        let routes = &self.worker.routes;
+        if routes.is_empty() {
+            return 0;
+        }
+        let route_name = if routes.uses_route_name() {
+            host.route_name()
+        } else {
+            None
+        };
+        routes
+            .select(route_name.as_deref(), authority, path)
+            .map_or(0, |i| i + 1)
+    }
+
+    /// Rewrites the path for MLflow: mount stripped, public path mapped,
+    /// `api/` → `ajax-api/` if configured, the query's key removed. The
+    /// MLflow path, and whether it is public.
     fn rewrite_path<'p, H: Host>(
         &mut self,
         host: &H,
+        policy: &Policy,
         path: &'p str,
         query: Option<&str>,
-    ) -> Option<(&'p str, bool)> {
-        let worker = Rc::clone(&self.worker);
-        let cfg = &worker.cfg;
-        if !rewrite::is_unambiguous(path) {
-            self.note_path("<refused>");
-            return None;
-        }
+    ) -> (&'p str, bool) {
         let stripped_query = query.and_then(credential::remove_query_key);
         let upstream_query = stripped_query.as_deref().or(query);
-        let public = cfg.public_paths.iter().find(|(from, _)| from == path);
-        let mlflow_path = rewrite::strip_mount(path, &cfg.mount_prefixes);
+        let public = policy.public_paths.iter().find(|(from, _)| from == path);
+        let mlflow_path = rewrite::strip_mount(path, &policy.mount_prefixes);
         self.note_path(mlflow_path);
-        let ajax = cfg
+        let ajax = policy
             .ajax_api
             .then(|| rewrite::ajax_map(mlflow_path))
             .flatten();
@@ -199,14 +254,19 @@ impl Stream {
         if upstream_path != path || stripped_query.is_some() {
             host.set_request_header(":path", Some(&rewrite::join(upstream_path, upstream_query)));
         }
-        Some((mlflow_path, public.is_some()))
+        (mlflow_path, public.is_some())
     }
 
-    /// Public paths and CORS preflights need no key.
-    fn pass_public<H: Host>(&mut self, host: &H) -> Flow {
+    /// The one way a request goes on without a key (and without identity).
+    fn pass<H: Host>(&mut self, host: &H, why: Pass) -> Flow {
         self.state = State::Done;
-        self.decided("public");
-        host.count(Counter::Public);
+        let (counter, verdict) = match why {
+            Pass::Public => (Counter::Public, "public"),
+            Pass::NotEnforced => (Counter::NotEnforced, "not_enforced"),
+            Pass::Anonymous => (Counter::Anonymous, "anonymous"),
+        };
+        self.decided(verdict);
+        host.count(counter);
         Flow::Continue
     }
 
@@ -219,7 +279,7 @@ impl Stream {
         forwarded_for: Option<&[u8]>,
     ) -> Flow {
         let worker = Rc::clone(&self.worker);
-        let digest = worker.namespace.digest(&credential.key);
+        let digest = worker.namespace(self.policy).digest(&credential.key);
         self.digest = Some(digest);
         if let Some(a) = self.audit_mut() {
             a.source = Some(credential.source);
@@ -265,7 +325,7 @@ impl Stream {
         stale: Option<Identity>,
     ) -> Flow {
         let worker = Rc::clone(&self.worker);
-        let auth = &worker.cfg.auth;
+        let auth = &worker.cfg.policy_at(self.policy).auth;
         let client_ip = validation::client_ip(forwarded_for, host.peer_address().as_deref());
         let (headers, body) = validation::request(auth, key, client_ip.as_deref());
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -378,7 +438,8 @@ impl Stream {
             a.user_id = id.user_id.clone();
             a.key_id = id.key_id.clone();
         }
-        policy::check(self.class, &id, &self.worker.cfg.scopes).map_err(Denial::Forbidden)?;
+        let scopes = &self.worker.cfg.policy_at(self.policy).scopes;
+        policy::check(self.class, &id, scopes).map_err(Denial::Forbidden)?;
         self.count_rate(host, &id)?;
         Ok(id)
     }
@@ -399,18 +460,18 @@ impl Stream {
                 Ok(id)
             }
             (Verdict::Unavailable(_), None) => Err(Denial::Unavailable),
-            (Verdict::Invalid, _) => Err(Denial::InvalidKey {
-                service_id: self.worker.cfg.auth.service_id.clone(),
-            }),
+            (Verdict::Invalid, _) => {
+                Err(Denial::invalid_key(self.worker.cfg.policy_at(self.policy)))
+            }
             (Verdict::RateLimited, _) => Err(Denial::AuthRateLimited),
         }
     }
 
-    /// Counts the request in the key's window, per `key_id` as the contract
-    /// says (a key without one counts by its digest).
+    /// Counts the request in the key's window of the route's limit scope,
+    /// per `key_id` as the contract says (a key without one by its digest).
     fn count_rate<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
         let worker = Rc::clone(&self.worker);
-        let Some(rate) = &worker.rate else {
+        let Some(limit) = &worker.cfg.policy_at(self.policy).rate_limit else {
             return Ok(());
         };
         let owner = match (&id.key_id, &self.digest) {
@@ -419,7 +480,10 @@ impl Stream {
             (None, None) => &[],
         };
         let now_s = self.now_ms / 1000;
-        let window = rate.count(host, owner, id.rate_limit_per_hour, now_s);
+        let per_hour = id.rate_limit_per_hour.unwrap_or(limit.default_per_hour);
+        let window = worker
+            .rate
+            .count(host, &limit.scope, owner, per_hour, now_s);
         if !window.allowed {
             return Err(Denial::RateLimited { window, now_s });
         }
@@ -477,7 +541,10 @@ impl Stream {
     }
 
     fn audit_line(&self) -> Option<String> {
-        self.audit.as_ref()?.line(self.digest.as_ref(), self.class)
+        let route = &self.worker.cfg.policy_at(self.policy).name;
+        self.audit
+            .as_ref()?
+            .line(route, self.digest.as_ref(), self.class)
     }
 }
 

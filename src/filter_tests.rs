@@ -31,6 +31,7 @@ struct FakeHost {
     refuse_dispatch: Cell<bool>,
     shared_reads: Cell<u32>,
     gone: RefCell<HashSet<u32>>,
+    route: RefCell<Option<String>>,
 }
 
 impl Host for FakeHost {
@@ -113,6 +114,9 @@ impl Host for FakeHost {
     }
     fn peer_address(&self) -> Option<String> {
         Some("127.0.0.1:40000".into())
+    }
+    fn route_name(&self) -> Option<String> {
+        self.route.borrow().clone()
     }
     fn count(&self, counter: Counter) {
         *self.counts.borrow_mut().entry(counter).or_default() += 1;
@@ -750,4 +754,156 @@ fn a_worker_reuses_its_own_verdicts_without_reading_shared_data() {
     assert_eq!(flow, Flow::Continue);
     assert_eq!(rig.host.shared_reads.get(), reads + 1);
     assert_eq!(rig.host.calls(), 1);
+}
+
+// --- per-route rules ---
+
+const ROUTES: &str = r#", "routes": [
+    {"name": "api", "match": {"path_prefix": "/api/mlflow/api"}},
+    {"name": "ui", "match": {"path_prefix": "/api/mlflow"}, "anonymous_read": true,
+     "challenge": {"scheme": "basic", "realm": "Hokusai MLflow"}},
+    {"name": "staging", "match": {"host": "*.staging.example"},
+     "auth": {"service_id": "ml-platform"}, "rate_limit": {"default_per_hour": 1}},
+    {"name": "static", "match": {"route_name": "static"}, "enabled": false}
+]"#;
+
+fn dispatched_service(rig: &Rig, n: usize) -> String {
+    let d = rig.host.dispatched.borrow();
+    let v: serde_json::Value = serde_json::from_slice(&d[n].2).unwrap();
+    v["service_id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_ui_route_lets_reads_through_without_a_key_and_asks_a_browser_for_writes() {
+    let rig = Rig::new(ROUTES);
+    let (id, _, flow) = rig.request("GET", "/api/mlflow/static-files/static/js/main.js", &[]);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.count_of(Counter::Anonymous), 1);
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/static-files/static/js/main.js")
+    );
+    let (id, _, flow) = rig.request("POST", "/api/mlflow/ajax-api/2.0/mlflow/runs/create", &[]);
+    assert_eq!(flow, Flow::Pause);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r
+        .headers
+        .contains(&("www-authenticate", "Basic realm=\"Hokusai MLflow\"".into())));
+    assert_eq!(rig.host.calls(), 0);
+    // The MLflow client's paths under the same mount keep the default.
+    let (id, _, _) = rig.request("POST", RUNS_CREATE, &[]);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert!(r
+        .headers
+        .contains(&("www-authenticate", "Bearer realm=\"hokusai\"".into())));
+    let (id, _, _) = rig.request("GET", "/api/mlflow/api/2.0/mlflow/experiments/get", &[]);
+    assert_eq!(
+        rig.host.status(id),
+        Some(401),
+        "no anonymous reads on the API route"
+    );
+}
+
+#[test]
+fn a_key_on_an_anonymous_route_is_still_checked_and_identified() {
+    let rig = Rig::new(ROUTES);
+    let (id, s, flow) = rig.request(
+        "GET",
+        "/api/mlflow/ajax-api/2.0/mlflow/experiments/search",
+        &[("authorization", &format!("Bearer {KEY}"))],
+    );
+    assert_eq!(flow, Flow::Pause);
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-user-id").as_deref(),
+        Some("u_1")
+    );
+}
+
+#[test]
+fn a_route_without_auth_strips_credentials_and_asks_nothing() {
+    let rig = Rig::new(ROUTES);
+    *rig.host.route.borrow_mut() = Some("static".into());
+    let (id, _, flow) = rig.request(
+        "POST",
+        "/anything",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-hokusai-user-id", "root"),
+        ],
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.header(id, "authorization"), None);
+    assert_eq!(rig.host.header(id, "x-hokusai-user-id"), None);
+    assert_eq!(rig.host.count_of(Counter::NotEnforced), 1);
+    assert_eq!(rig.host.calls(), 0);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn verdicts_never_cross_from_one_service_to_another() {
+    let rig = Rig::new(ROUTES);
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(
+        rig.bearer(RUNS_CREATE).2,
+        Flow::Continue,
+        "cached for platform"
+    );
+    // The same key on the staging host: its own callout, for its own service.
+    let staging = [
+        (":authority", "registry.staging.example:443"),
+        ("authorization", &format!("Bearer {KEY}")),
+    ];
+    let (id, s, flow) = rig.request("POST", "/mlflow/api/2.0/mlflow/runs/search", &staging);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(rig.host.calls(), 2);
+    assert_eq!(dispatched_service(&rig, 0), "platform");
+    assert_eq!(dispatched_service(&rig, 1), "ml-platform");
+    rig.reply(id, &s, Some(401), "{}");
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert!(r.body.contains("'ml-platform'"));
+    // And the platform verdict is still there for the platform routes.
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    assert_eq!(rig.host.calls(), 2);
+}
+
+#[test]
+fn each_route_counts_a_key_in_its_own_limit_scope() {
+    let rig = Rig::new(ROUTES);
+    let staging = [
+        (":authority", "a.staging.example"),
+        ("authorization", &format!("Bearer {KEY}")),
+    ];
+    let (id, s, _) = rig.request("POST", "/mlflow/api/2.0/mlflow/runs/search", &staging);
+    rig.reply(id, &s, Some(200), r#"{"key_id": "k_1"}"#);
+    assert_eq!(
+        rig.host.resumed.borrow().as_slice(),
+        &[id],
+        "1 of 1 this hour"
+    );
+    let (id, _, _) = rig.request("POST", "/mlflow/api/2.0/mlflow/runs/search", &staging);
+    assert_eq!(rig.host.status(id), Some(429));
+    // The platform routes count the same key_id apart.
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(
+        id,
+        &s,
+        Some(200),
+        r#"{"key_id": "k_1", "scopes": ["mlflow:write"]}"#,
+    );
+    assert!(rig.host.resumed.borrow().contains(&id));
+}
+
+#[test]
+fn requests_no_rule_selects_get_the_default() {
+    let rig = Rig::new(ROUTES);
+    *rig.host.route.borrow_mut() = Some("unknown".into());
+    let (id, _, _) = rig.request("GET", "/somewhere/else", &[(":authority", "bad host")]);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 401);
+    assert!(r
+        .headers
+        .contains(&("www-authenticate", "Bearer realm=\"hokusai\"".into())));
 }

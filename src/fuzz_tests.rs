@@ -50,7 +50,7 @@ proptest! {
         p.authorization = auth.iter().map(|v| v.as_slice()).collect();
         p.x_api_key = xkey.iter().map(|v| v.as_slice()).collect();
         p.query = q.as_deref();
-        if let Ok(c) = credential::extract(&p, &cfg()) {
+        if let Ok(c) = credential::extract(&p, &cfg().policy) {
             prop_assert!(!c.key.is_empty() && c.key.len() <= 256);
             prop_assert!(c.key.bytes().all(|b| b.is_ascii_graphic() && b != b','));
         }
@@ -80,7 +80,7 @@ proptest! {
             prop_assert!(p.starts_with('/'));
             prop_assert!(!p.contains("//") && !p.split('/').any(|s| s == ".." || s == "."));
             prop_assert!(!p.to_ascii_lowercase().contains("%2f"));
-            let m = rewrite::strip_mount(p, &cfg().mount_prefixes);
+            let m = rewrite::strip_mount(p, &cfg().policy.mount_prefixes);
             prop_assert!(m.starts_with('/'));
             let _ = rewrite::ajax_map(m);
             let table = EndpointTable::builtin().unwrap();

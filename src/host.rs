@@ -106,6 +106,8 @@ pub trait Host {
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     fn now_ms(&self) -> u64;
     fn peer_address(&self) -> Option<String>;
+    /// The name of the Envoy route the request matched.
+    fn route_name(&self) -> Option<String>;
     fn count(&self, counter: Counter);
     fn record_callout_latency(&self, ms: u64);
     /// Makes later calls act on another stream of this VM (single-flight).

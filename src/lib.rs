@@ -15,7 +15,6 @@
 )]
 
 pub mod audit;
-pub mod class_memo;
 pub mod config;
 pub mod credential;
 pub mod denial;
@@ -23,11 +22,14 @@ pub mod endpoints;
 pub mod filter;
 pub mod flight;
 pub mod host;
+pub mod memo;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod reply;
 pub mod rewrite;
+pub mod routes;
+pub mod sections;
 pub mod slots;
 pub mod validation;
 pub mod verdict_cache;

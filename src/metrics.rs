@@ -24,6 +24,8 @@ macro_rules! counters {
 
 counters! {
     Public => "public",
+    NotEnforced => "not_enforced",
+    Anonymous => "anonymous",
     Allowed => "allowed",
     DeniedBadRequest => "denied.bad_request",
     DeniedUnauthenticated => "denied.unauthenticated",

@@ -43,6 +43,7 @@ mod tests {
             format!(r#"{{"auth": {{"cluster": "a", "service_id": "p"}}{extra}}}"#).as_bytes(),
         )
         .unwrap()
+        .policy
         .scopes
     }
 

@@ -3,7 +3,6 @@
 //! compare-and-swap so that every worker of the Envoy process counts in the
 //! same window.
 
-use crate::config::RateLimitConfig;
 use crate::host::Host;
 use crate::slots::SlotTable;
 use std::hash::Hasher;
@@ -11,25 +10,30 @@ use std::hash::Hasher;
 const SLOT_PREFIX: &str = "hokusai_auth.v1.rate.";
 const CAS_ATTEMPTS: usize = 8;
 
+/// One counter table for every route; a key's count is per limit scope.
 pub struct RateLimiter {
     slots: SlotTable,
-    default_per_hour: u64,
 }
 
 impl RateLimiter {
-    pub fn new(cfg: &RateLimitConfig) -> Self {
+    pub fn new(slots: u32) -> Self {
         Self {
-            slots: SlotTable::new(SLOT_PREFIX, cfg.slots),
-            default_per_hour: cfg.default_per_hour,
+            slots: SlotTable::new(SLOT_PREFIX, slots),
         }
     }
 
     /// Counts one request of `owner` (the key's `key_id`, else its digest)
-    /// against `limit` (the key's own, else the default) and returns its window.
-    pub fn count<H: Host>(&self, host: &H, owner: &[u8], limit: Option<u64>, now_s: u64) -> Window {
-        let owner = tag(owner);
+    /// in `scope` against `limit` per hour and returns its window.
+    pub fn count<H: Host>(
+        &self,
+        host: &H,
+        scope: &str,
+        owner: &[u8],
+        limit: u64,
+        now_s: u64,
+    ) -> Window {
+        let owner = tag(scope, owner);
         let key = self.slots.key(owner);
-        let limit = limit.unwrap_or(self.default_per_hour);
         let mut last = None;
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = host.shared_get(&key);
@@ -70,11 +74,14 @@ impl Window {
 
 pub const WINDOW_SECONDS: u64 = 3600;
 
-/// 64-bit FNV-1a: picks the slot and tags its owner. Collisions only make
-/// two keys share a count until one of them takes the slot over.
-fn tag(id: &[u8]) -> u64 {
+/// 64-bit FNV-1a of scope and owner: picks the slot and tags its owner.
+/// Collisions only make two keys share a count until one of them takes the
+/// slot over.
+fn tag(scope: &str, owner: &[u8]) -> u64 {
     let mut h = fnv::FnvHasher::default();
-    h.write(id);
+    h.write(scope.as_bytes());
+    h.write_u8(0xff);
+    h.write(owner);
     h.finish()
 }
 
@@ -135,7 +142,7 @@ mod tests {
 
     #[test]
     fn counts_up_to_the_limit_then_refuses() {
-        let owner = tag(b"k_1");
+        let owner = tag("s", b"k_1");
         let now = 10 * WINDOW_SECONDS + 5;
         let mut slot: Option<Vec<u8>> = None;
         for i in 1..=3 {
@@ -152,21 +159,21 @@ mod tests {
 
     #[test]
     fn a_new_window_or_another_owner_starts_afresh() {
-        let (slot, _) = step(None, tag(b"k_1"), 0, 1);
-        let (_, w) = step(slot.as_deref(), tag(b"k_1"), 1, 1);
+        let (slot, _) = step(None, tag("s", b"k_1"), 0, 1);
+        let (_, w) = step(slot.as_deref(), tag("s", b"k_1"), 1, 1);
         assert!(!w.allowed);
-        let (_, w) = step(slot.as_deref(), tag(b"k_1"), WINDOW_SECONDS, 1);
+        let (_, w) = step(slot.as_deref(), tag("s", b"k_1"), WINDOW_SECONDS, 1);
         assert!(w.allowed);
-        let (_, w) = step(slot.as_deref(), tag(b"k_2"), 1, 1);
+        let (_, w) = step(slot.as_deref(), tag("s", b"k_2"), 1, 1);
         assert!(w.allowed);
-        let (_, w) = step(Some(b"junk"), tag(b"k_1"), 1, 1);
+        let (_, w) = step(Some(b"junk"), tag("s", b"k_1"), 1, 1);
         assert!(w.allowed);
     }
 
     #[test]
     fn tags_differ_and_are_fnv1a() {
-        assert_ne!(tag(b"k_1"), tag(b"k_2"));
-        assert_eq!(tag(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(tag(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(tag("s", b"k_1"), tag("s", b"k_2"));
+        assert_ne!(tag("a", b"k_1"), tag("b", b"k_1"), "scopes count apart");
+        assert_ne!(tag("ab", b"c"), tag("a", b"bc"));
     }
 }

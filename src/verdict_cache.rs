@@ -367,7 +367,7 @@ mod tests {
 
     fn auth(service_id: &str) -> AuthService {
         let json = format!(r#"{{"auth": {{"cluster": "c", "service_id": "{service_id}"}}}}"#);
-        Config::parse(json.as_bytes()).unwrap().auth
+        Config::parse(json.as_bytes()).unwrap().policy.auth
     }
 
     fn ns() -> Namespace {

@@ -102,6 +102,18 @@ unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
     }
 }
 
+/// A string property; `path` is its segments joined by NUL.
+fn property(path: &str) -> Option<String> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: live path; the host writes a buffer it allocated with our allocator.
+    let rc = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    let value = unsafe { owned(data, size) };
+    if rc != OK {
+        return None;
+    }
+    String::from_utf8(value).ok()
+}
+
 fn get_pairs(map: u32) -> Headers {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the host writes a buffer it allocated with our allocator.
@@ -343,15 +355,11 @@ impl Host for WasmHost {
     }
 
     fn peer_address(&self) -> Option<String> {
-        let path = "source\0address";
-        let (mut data, mut size) = (null_mut(), 0usize);
-        // SAFETY: live path; the host writes a buffer it allocated with our allocator.
-        let rc = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-        let value = unsafe { owned(data, size) };
-        if rc != OK {
-            return None;
-        }
-        String::from_utf8(value).ok()
+        property("source\0address")
+    }
+
+    fn route_name(&self) -> Option<String> {
+        property("route_name")
     }
 
     fn count(&self, counter: Counter) {
