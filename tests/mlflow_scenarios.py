@@ -114,7 +114,16 @@ def expect_error(work: Path, tag: str, big_mib: int):
     raise AssertionError("the call succeeded")
 
 
-SCENARIOS = {"full": full, "read_only_write": read_only_write, "expect_error": expect_error}
+def ui_run(work: Path, tag: str, big_mib: int):
+    """An experiment and a named run for the browser to find; the client
+    prints the run's UI link when the run ends."""
+    exp_id = mlflow.create_experiment(f"ui-{tag}")
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"ui-run-{tag}") as run:
+        mlflow.log_param("alpha", 0.5)
+    return {"experiment": f"ui-{tag}", "run": f"ui-run-{tag}", "run_id": run.info.run_id}
+
+
+SCENARIOS = {"full": full, "read_only_write": read_only_write, "expect_error": expect_error, "ui_run": ui_run}
 
 if __name__ == "__main__":
     scenario, work = sys.argv[1], Path(sys.argv[2])

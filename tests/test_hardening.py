@@ -134,9 +134,17 @@ def test_bypass_corpus_reaches_nothing_without_a_valid_key(gw, echo, keys):
     assert gw.alive()
 
 
+ROUTE_PROBES = [
+    (RUNS_SEARCH, {}), (RUNS_CREATE, {}), ("/api/mlflow/health/mlflow", {}),
+    ("/api/mlflow/ajax-api/2.0/mlflow/experiments/search", {}), ("/mlflow/", {}),
+    (RUNS_SEARCH, {"Host": "staging.localhost"}),
+]
+
+
 def test_no_byte_of_the_key_anywhere(start_envoy, keys, echo):
-    """A distinctive key through every location, valid and invalid: not upstream,
-    not in any response, not in any filter log line at trace level, not in stats."""
+    """A distinctive key through every location and every route, valid and
+    invalid: not upstream, not in any response, not in any filter log line at
+    trace level, not in stats."""
     e = start_envoy(log_level="info", extra_args=["--component-log-level", "wasm:trace"])
     valid = keys.new(prefix="hk_live_CANARYvalid")
     invalid = "hk_live_CANARYinvalid" + secrets.token_hex(8)
@@ -151,8 +159,10 @@ def test_no_byte_of_the_key_anywhere(start_envoy, keys, echo):
             ({"Authorization": "Basic " + base64.b64encode(f"u:{key}".encode()).decode()}, ""),
             ({"Authorization": f"Bearer {key}"}, "?x=1"),
         ]:
-            for path in (RUNS_SEARCH, RUNS_CREATE, "/api/mlflow/health/mlflow"):
-                r = requests.post(e.url + path + query, headers=headers, json={}, timeout=10)
+            # Every route of the local config: the client's API, the UI (Basic
+            # challenge, both mounts), the staging host's service, a public path.
+            for path, host in ROUTE_PROBES:
+                r = requests.post(e.url + path + query, headers={**headers, **host}, json={}, timeout=10)
                 responses.append(r.text + json.dumps(dict(r.headers)))
     stats = requests.get(e.admin + "/stats", timeout=10).text
     filter_log = "\n".join(line for line in e.log_text().splitlines() if "[wasm]" in line)

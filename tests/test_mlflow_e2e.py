@@ -1,19 +1,12 @@
 """End to end: the unmodified MLflow client, configured only by environment
 variables, against a real MLflow server behind Envoy and the filter."""
 
-import json
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 import requests
 
 import harness
-
-SCENARIOS = harness.ROOT / "tests/mlflow_scenarios.py"
-
 
 @pytest.fixture(scope="module")
 def stack(workdir, keysvc):
@@ -25,20 +18,9 @@ def stack(workdir, keysvc):
 
 
 def run_client(gw, scenario, mount="/api/mlflow", token=None, basic=None, big_mib=0, timeout=600):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=gw.url + mount, E2E_TAG=uuid.uuid4().hex[:8], E2E_BIG_MIB=str(big_mib),
-               # Keep failures fast: the client's default backoff retries 5xx for minutes.
-               MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
-    if token:
-        env["MLFLOW_TRACKING_TOKEN"] = token
-    if basic:
-        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = basic
-    work = harness.workdir("mlflow-client-")
-    p = subprocess.run([sys.executable, str(SCENARIOS), scenario, str(work)], env=env, capture_output=True,
-                       text=True, timeout=timeout, cwd=work)
-    assert p.returncode == 0, f"{scenario} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
-    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    result, _ = harness.run_mlflow_client(gw.url + mount, scenario, token=token, basic=basic, big_mib=big_mib,
+                                          timeout=timeout)
+    return result
 
 
 def test_full_session_with_a_100_mib_artifact(stack):
