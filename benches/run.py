@@ -123,9 +123,14 @@ class Row:
     hides_key: bool = False  # the upstream never sees Authorization
 
 
-def hokusai_config(rate_limit: bool = False) -> dict:
-    """The local plugin config, audit log off; rate limit as asked."""
-    return harness.plugin_config(audit_log=False, rate_limit={"enabled": rate_limit})
+def hokusai_config(rate_limit: bool = False, routes: bool = False) -> dict:
+    """The local plugin config, audit log off; rate limit as asked; its
+    per-route rules only when asked (so that the other rows can also time
+    builds from before there were rules)."""
+    cfg = harness.plugin_config(audit_log=False, rate_limit={"enabled": rate_limit})
+    if not routes:
+        cfg.pop("routes", None)
+    return cfg
 
 
 def rows(variants: list[tuple[str, Path]] = ()) -> list[Row]:
@@ -154,6 +159,9 @@ def base_rows(hw: Path) -> list[Row]:
             auth=True, identity=True, hides_key=True),
         Row("hit_rl", "hokusai, cache hit, rate limit on", "hokusai", wasm=hw,
             config=hokusai_config(True), auth=True, identity=True, hides_key=True),
+        Row("hit_routes", "hokusai, cache hit, the local config's 5 per-route rules (one selects by route name)",
+            "hokusai", wasm=hw, config=hokusai_config(False, routes=True), auth=True, identity=True,
+            hides_key=True),
         Row("miss", "hokusai, cache miss (new key each request)", "hokusai", wasm=hw,
             config=hokusai_config(False), auth=True, distinct_keys=True, callouts=1.0,
             identity=True, hides_key=True),

@@ -55,6 +55,8 @@ def main():
         sys.exit(1)
 
     rw, ro, admin = (k["key"] for k in keys["keys"][:3])
+    staging = next((k["key"] for k in keys["keys"] if k.get("service_id") == "ml-platform"),
+                   "(no ml-platform key in dev-keys.json)")
     print(f"""
 The Hokusai MLflow gateway is up: {gw.url}/api/mlflow  (Envoy admin: {gw.admin})
 Data, logs and the dev keys: {data}
@@ -64,9 +66,22 @@ Use it from another shell with the standard MLflow client:
     export MLFLOW_TRACKING_URI={gw.url}/api/mlflow
     export MLFLOW_TRACKING_TOKEN={rw}
 
+The MLflow UI in a browser: {gw.url}/api/mlflow/ (or {gw.url}/mlflow/).
+It asks for a user name and password: any user name, a dev key as the password.
+
+A second registry host, whose keys belong to service_id ml-platform:
+
+    export MLFLOW_TRACKING_URI=http://staging.localhost:{gw.port}/api/mlflow
+    export MLFLOW_TRACKING_TOKEN={staging}
+
+(Browsers and curl resolve *.localhost to this machine; for Python add
+`127.0.0.1 staging.localhost` to /etc/hosts, or use curl -H 'Host: staging.localhost'.)
+
 Dev keys (stand-in only): read-write {rw}
                           read-only  {ro}
                           admin      {admin}
+                          staging    {staging}
+Routes: envoy-config/plugin-config.json (the API, UI and staging rules).
 Ctrl-C stops everything.""", flush=True)
     while all(p.proc.alive() for p in parts):
         time.sleep(0.5)

@@ -22,7 +22,8 @@ import harness
 
 ROOT = harness.ROOT
 CRDS = ROOT.parent / "shared" / "crds"
-CRD_FILES = ["istio.yaml", "envoy-gateway-envoyextensionpolicies.yaml", "envoy-gateway-backends.yaml"]
+CRD_FILES = ["istio.yaml", "envoy-gateway-envoyextensionpolicies.yaml", "envoy-gateway-backends.yaml",
+             "gateway-api-httproutes.yaml", "gateway-api-gateways.yaml"]
 # Kinds in deploy/ with no CRD in shared/crds, each with what checks it instead.
 UNVALIDATED = {("gateway.envoyproxy.io", "EnvoyPatchPolicy"): "its cluster runs through envoy --mode validate"}
 PROD_PLUGIN_CONFIG = ROOT / "envoy-config/production-plugin-config.json"
@@ -109,7 +110,8 @@ def cel_errors(doc):
 def test_every_manifest_matches_its_crd(crd_schemas):
     docs = documents()
     kinds = {doc["kind"] for _, doc in docs}
-    assert {"WasmPlugin", "ServiceEntry", "DestinationRule", "EnvoyExtensionPolicy", "Backend"} <= kinds, kinds
+    assert {"WasmPlugin", "ServiceEntry", "DestinationRule", "EnvoyExtensionPolicy", "Backend", "HTTPRoute",
+            "Gateway"} <= kinds, kinds
     problems = []
     for at, doc in docs:
         group = doc["apiVersion"].split("/")[0]
@@ -169,12 +171,28 @@ def test_manifests_point_at_each_other():
     fqdn = backend["spec"]["endpoints"][0]["fqdn"]
     assert (sock["address"], sock["port_value"]) == (fqdn["hostname"], fqdn["port"])
     assert cluster["transport_socket"]["typed_config"]["sni"] == backend["spec"]["tls"]["sni"] == fqdn["hostname"]
+    (gateway,), routes = by_kind("Gateway"), {r["metadata"]["name"]: r for r in by_kind("HTTPRoute")}
+    assert patch["spec"]["targetRef"]["kind"] == "Gateway"
+    assert patch["spec"]["targetRef"]["name"] == gateway["metadata"]["name"]  # the cluster lands on this Gateway
     for eep in by_kind("EnvoyExtensionPolicy"):
-        assert eep["spec"]["targetRefs"] == [patch["spec"]["targetRef"]]  # the patched Gateway
+        for ref in eep["spec"]["targetRefs"]:
+            # The policy's HTTPRoutes hang off the patched Gateway, in the policy's namespace.
+            assert ref["kind"] == "HTTPRoute" and ref["name"] in routes, ref
+            route = routes[ref["name"]]
+            assert route["metadata"]["namespace"] == eep["metadata"]["namespace"]
+            assert any(p["name"] == gateway["metadata"]["name"] for p in route["spec"]["parentRefs"])
+            # Envoy re-matches after the filter strips the mount: the route takes every path.
+            assert {"type": "PathPrefix", "value": "/"} in [m["path"] for r in route["spec"]["rules"]
+                                                           for m in r["matches"]]
         for w in eep["spec"]["wasm"]:
             assert w["failOpen"] is False
             assert w["config"]["auth"]["cluster"] == cluster["name"]
             assert w["config"]["auth"]["authority"] == fqdn["hostname"]
+            # Every host a rule selects is one the route serves.
+            hosts = {h for ref in eep["spec"]["targetRefs"] for h in routes[ref["name"]]["spec"]["hostnames"]}
+            for rule in w["config"].get("routes", []):
+                if "host" in rule["match"]:
+                    assert rule["match"]["host"] in hosts, rule
 
 
 # --- Envoy's validate mode ----------------------------------------------------
