@@ -1,14 +1,15 @@
 //! `echo`: the upstream that tells what it received.
 
 use std::collections::VecDeque;
-use std::io::{self, Read};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::Request;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::http::{BodyReader, Request, Response};
-use crate::server::{body_error, Reply, Service};
+use crate::server::{self, body_error, header_list, target, Reply, Service};
 
 /// How many requests `/__admin/requests` remembers.
 const KEPT: usize = 1000;
@@ -18,75 +19,82 @@ pub struct Echo {
     recent: Mutex<VecDeque<Value>>,
 }
 
-/// Length and SHA-256 of a body, streamed through a fixed buffer so any size
-/// passes without being held.
-fn hash_body(body: &mut dyn Read) -> io::Result<(u64, String)> {
+/// Length and SHA-256 of a body, streamed frame by frame so any size passes
+/// without being held.
+async fn hash_body(mut body: Incoming) -> Result<(u64, String), String> {
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            hasher.update(data);
+            len += data.len() as u64;
+        }
     }
-    let hex: String = hasher
-        .finalize()
+    Ok((len, hex(&hasher.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
         .iter()
         .flat_map(|b| [b >> 4, b & 0xf])
         .map(|nibble| char::from(b"0123456789abcdef"[usize::from(nibble)]))
-        .collect();
-    Ok((len, hex))
+        .collect()
 }
 
 impl Echo {
-    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<Value>> {
+    fn recent(&self) -> MutexGuard<'_, VecDeque<Value>> {
         self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn admin(&self, method: &str, path: &str) -> Option<Reply> {
+        match (method, path) {
+            ("GET", "/__admin/requests") => {
+                let recent: Vec<Value> = self.recent().iter().cloned().collect();
+                Some(Reply::Send(server::json(200, &Value::Array(recent))))
+            }
+            ("POST", "/__admin/reset") => {
+                self.recent().clear();
+                Some(Reply::Send(server::json(200, &json!({ "ok": true }))))
+            }
+            _ => None,
+        }
+    }
+
+    /// Kept before answering, so a test reading it after its reply sees it.
+    fn keep(&self, seen: &Value) {
+        let mut recent = self.recent();
+        if recent.len() == KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(seen.clone());
     }
 }
 
 impl Service for Echo {
-    fn handle(&self, req: &Request, body: &mut BodyReader<'_>) -> Reply {
-        let (body_len, body_sha256) = match hash_body(body) {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let (method, path, headers) = (req.method().to_string(), target(&req), header_list(&req));
+        let (body_len, body_sha256) = match hash_body(req.into_body()).await {
             Ok(summary) => summary,
             Err(e) => return body_error(&e),
         };
-        match (req.method.as_str(), req.path()) {
-            ("GET", "/__admin/requests") => {
-                let recent: Vec<Value> = self.recent().iter().cloned().collect();
-                return Reply::Send(Response::json(200, &Value::Array(recent)));
-            }
-            ("POST", "/__admin/reset") => {
-                self.recent().clear();
-                return Reply::Send(Response::json(200, &json!({ "ok": true })));
-            }
-            _ => {}
+        let bare_path = path.split('?').next().unwrap_or("");
+        if let Some(reply) = self.admin(&method, bare_path) {
+            return reply;
         }
-        let headers: Vec<[&str; 2]> = req
-            .headers
+        let headers: Vec<[&str; 2]> = headers
             .iter()
             .map(|(n, v)| [n.as_str(), v.as_str()])
             .collect();
         let seen = json!({
-            "method": req.method,
-            "path": req.target,
+            "method": method,
+            "path": path,
             "headers": headers,
             "body_len": body_len,
             "body_sha256": body_sha256,
         });
-        // Kept before answering, so a test reading it after its reply sees it.
-        {
-            let mut recent = self.recent();
-            if recent.len() == KEPT {
-                recent.pop_front();
-            }
-            recent.push_back(seen.clone());
-        }
-        Reply::Send(Response::json(200, &seen))
+        self.keep(&seen);
+        Reply::Send(server::json(200, &seen))
     }
 }
 
@@ -95,18 +103,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hashes_what_it_reads() {
-        let (len, hex) = hash_body(&mut &b"abc"[..]).unwrap();
-        assert_eq!(len, 3);
+    fn hex_is_lower_case_and_two_digits_a_byte() {
         assert_eq!(
-            hex,
+            hex(&Sha256::digest(b"abc")),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let (len, hex) = hash_body(&mut io::empty()).unwrap();
-        assert_eq!(len, 0);
-        assert_eq!(
-            hex,
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(hex(&[0x00, 0x0f, 0xf0]), "000ff0");
     }
 }

@@ -2,20 +2,20 @@
 //! control endpoints tests use to count calls and inject faults.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 
-use crate::http::{header, BodyReader, Request, Response};
-use crate::server::{body_error, Reply, Service};
+use crate::server::{self, detail, header_list, read_body, respond, Body, Reply, Service};
 
 /// Largest validate (and `ext_authz`) request body; larger is 413.
-const MAX_BODY: u64 = 1024 * 1024;
+const MAX_BODY: usize = 1024 * 1024;
 /// Largest keys file posted to `/__admin/keys`.
-const MAX_KEYS_FILE: u64 = 16 * 1024 * 1024;
+const MAX_KEYS_FILE: usize = 16 * 1024 * 1024;
 /// The `by_key_id` bucket for calls whose key is not in the keys file.
 pub const UNKNOWN: &str = "<unknown>";
 const INVALID_KEY: &str = "Invalid or expired API key";
@@ -131,6 +131,14 @@ impl KeyEntry {
     }
 }
 
+/// The first header of that name (names are case-insensitive).
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// The key of `Authorization: Bearer <key>`, if that is how it is sent.
 fn bearer(headers: &[(String, String)]) -> Option<&str> {
     let value = header(headers, "authorization")?;
@@ -148,7 +156,7 @@ pub struct Validation {
     pub counted_as: String,
 }
 
-fn detail(message: &str) -> Vec<u8> {
+fn detail_body(message: &str) -> Vec<u8> {
     json!({ "detail": message }).to_string().into_bytes()
 }
 
@@ -186,35 +194,35 @@ fn decide(
 ) -> (u16, Vec<u8>) {
     // FastAPI checks the body before the handler runs: 422 comes first.
     let Some(fields) = fields else {
-        return (422, detail("request body must be a JSON object"));
+        return (422, detail_body("request body must be a JSON object"));
     };
     let asked = match fields.get("service_id") {
         Some(Value::String(s)) => s,
-        Some(_) => return (422, detail("service_id must be a string")),
-        None => return (422, detail("field required: service_id")),
+        Some(_) => return (422, detail_body("service_id must be a string")),
+        None => return (422, detail_body("field required: service_id")),
     };
     if !matches!(
         fields.get("client_ip"),
         None | Some(Value::Null | Value::String(_))
     ) {
-        return (422, detail("client_ip must be a string"));
+        return (422, detail_body("client_ip must be a string"));
     }
     if !has_key {
         return (
             422,
-            detail("no API key: send Authorization: Bearer <key> or api_key in the body"),
+            detail_body("no API key: send Authorization: Bearer <key> or api_key in the body"),
         );
     }
     let Some(entry) = entry else {
-        return (401, detail(INVALID_KEY));
+        return (401, detail_body(INVALID_KEY));
     };
     if let Some(own) = entry.service_id.as_deref().filter(|own| *own != asked) {
         let message =
             format!("API key is not valid for service '{asked}' (registered for '{own}')");
-        return (401, detail(&message));
+        return (401, detail_body(&message));
     }
     if entry.rate_limited {
-        return (429, detail("Rate limit exceeded"));
+        return (429, detail_body("Rate limit exceeded"));
     }
     (200, entry.reply.clone())
 }
@@ -301,23 +309,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads a body of at most `limit` bytes, or says how to answer instead.
-fn read_body(body: &mut BodyReader<'_>, limit: u64) -> Result<Vec<u8>, Reply> {
-    let too_large = || Reply::Send(Response::detail(413, "request body too large").closing());
-    // Refused before reading, so no `100 Continue` goes out for it.
-    if body.declared_len().is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::new();
-    body.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| body_error(&e))?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large());
-    }
-    Ok(bytes)
-}
-
 impl Keys {
     pub fn new(keys: KeySet) -> Self {
         Keys {
@@ -333,56 +324,46 @@ impl Keys {
 
     /// Answers a validate or `ext_authz` call in the current mode, after the
     /// current delay; `normal` is the contract's answer.
-    fn answer(&self, normal: impl FnOnce() -> Response) -> Reply {
+    async fn answer(&self, normal: impl FnOnce() -> Response<Body>) -> Reply {
         let (mode, delay_ms) = *lock(&self.mode);
         if delay_ms > 0 {
-            thread::sleep(Duration::from_millis(delay_ms));
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
         match mode {
             Mode::Normal => Reply::Send(normal()),
-            Mode::Error => Reply::Send(Response::detail(500, "Internal Server Error")),
-            Mode::Garbage => Reply::Send(Response::new(200, "text/plain", &b"not json"[..])),
-            Mode::Array => Reply::Send(Response::json(200, &json!([1, 2, 3]))),
-            Mode::WrongTypes => Reply::Send(Response::json(200, &wrong_types())),
-            Mode::Huge => Reply::Send(Response::new(200, "application/json", huge_body())),
-            Mode::Reset => Reply::Partial(b"HTTP/1.1 200 OK\r\ncontent-type: applic"),
+            Mode::Error => Reply::Send(detail(500, "Internal Server Error")),
+            Mode::Garbage => Reply::Send(respond(200, "text/plain", &b"not json"[..])),
+            Mode::Array => Reply::Send(server::json(200, &json!([1, 2, 3]))),
+            Mode::WrongTypes => Reply::Send(server::json(200, &wrong_types())),
+            Mode::Huge => Reply::Send(respond(200, "application/json", huge_body())),
+            Mode::Reset => Reply::Broken,
             Mode::Hang => Reply::Hang,
             Mode::Close => Reply::Close,
         }
     }
 
-    fn validate_call(&self, req: &Request, body: &[u8]) -> Reply {
-        let v = validate(&self.key_set(), &req.headers, body);
+    async fn validate_call(&self, headers: Vec<(String, String)>, body: &[u8]) -> Reply {
+        let v = validate(&self.key_set(), &headers, body);
         {
             let mut stats = lock(&self.stats);
             stats.validate_calls += 1;
             *stats.by_key_id.entry(v.counted_as).or_insert(0) += 1;
-            stats.last = Some((
-                req.headers.clone(),
-                String::from_utf8_lossy(body).into_owned(),
-            ));
+            stats.last = Some((headers, String::from_utf8_lossy(body).into_owned()));
         }
-        self.answer(|| Response::new(v.status, "application/json", v.body))
+        self.answer(|| respond(v.status, "application/json", v.body))
+            .await
     }
 
-    fn ext_authz_call(&self, req: &Request) -> Reply {
+    async fn ext_authz_call(&self, headers: &[(String, String)]) -> Reply {
         let keys = self.key_set();
         let key =
-            bearer(&req.headers).or_else(|| req.header("x-api-key").filter(|k| !k.is_empty()));
+            bearer(headers).or_else(|| header(headers, "x-api-key").filter(|k| !k.is_empty()));
         lock(&self.stats).ext_authz_calls += 1;
         self.answer(|| match key.and_then(|k| keys.get(k)) {
-            Some(entry) => {
-                let mut resp = Response::empty(200);
-                if let Some(user_id) = &entry.user_id {
-                    resp = resp.with_header("x-hokusai-user-id", user_id.clone());
-                }
-                if let Some(key_id) = &entry.key_id {
-                    resp = resp.with_header("x-hokusai-api-key-id", key_id.clone());
-                }
-                resp
-            }
-            None => Response::detail(401, INVALID_KEY),
+            Some(entry) => ext_authz_ok(entry),
+            None => detail(401, INVALID_KEY),
         })
+        .await
     }
 
     fn stats(&self) -> Value {
@@ -402,9 +383,9 @@ impl Keys {
         })
     }
 
-    fn set_mode(&self, body: &[u8]) -> Response {
+    fn set_mode(&self, body: &[u8]) -> Response<Body> {
         let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-            return Response::detail(400, "body must be a JSON object");
+            return detail(400, "body must be a JSON object");
         };
         let Some(mode) = fields
             .get("mode")
@@ -412,7 +393,7 @@ impl Keys {
             .and_then(Mode::parse)
         else {
             let names: Vec<&str> = Mode::ALL.iter().map(|(n, _)| *n).collect();
-            return Response::detail(
+            return detail(
                 400,
                 &format!("\"mode\" must be one of {}", names.join(", ")),
             );
@@ -421,67 +402,78 @@ impl Keys {
             None | Some(Value::Null) => 0,
             Some(v) => match v.as_u64() {
                 Some(d) => d,
-                None => {
-                    return Response::detail(
-                        400,
-                        "\"delay_ms\" must be a whole number of milliseconds",
-                    )
-                }
+                None => return detail(400, "\"delay_ms\" must be a whole number of milliseconds"),
             },
         };
         *lock(&self.mode) = (mode, delay_ms);
-        Response::json(200, &json!({ "mode": mode.name(), "delay_ms": delay_ms }))
+        server::json(200, &json!({ "mode": mode.name(), "delay_ms": delay_ms }))
     }
 
-    fn set_keys(&self, body: &[u8]) -> Response {
+    fn set_keys(&self, body: &[u8]) -> Response<Body> {
         match KeySet::parse(body) {
             Ok(keys) => {
                 let count = keys.len();
                 *lock(&self.keys) = Arc::new(keys);
-                Response::json(200, &json!({ "keys": count }))
+                server::json(200, &json!({ "keys": count }))
             }
-            Err(e) => Response::detail(400, &e),
+            Err(e) => detail(400, &e),
+        }
+    }
+
+    fn admin(&self, method: &str, path: &str, body: &[u8]) -> Response<Body> {
+        match (method, path) {
+            ("GET", "/__admin/stats") => server::json(200, &self.stats()),
+            ("POST", "/__admin/reset") => {
+                *lock(&self.stats) = Stats::default();
+                server::json(200, &json!({ "ok": true }))
+            }
+            ("POST", "/__admin/keys") => self.set_keys(body),
+            ("POST", "/__admin/mode") => self.set_mode(body),
+            (_, "/__admin/stats" | "/__admin/reset" | "/__admin/keys" | "/__admin/mode") => {
+                detail(405, "Method Not Allowed")
+            }
+            _ => detail(404, "Not Found"),
         }
     }
 }
 
+/// `ext_authz`'s yes: 200 with the identity headers Envoy copies upstream.
+fn ext_authz_ok(entry: &KeyEntry) -> Response<Body> {
+    let mut resp = respond(200, "application/json", "");
+    for (name, value) in [
+        ("x-hokusai-user-id", &entry.user_id),
+        ("x-hokusai-api-key-id", &entry.key_id),
+    ] {
+        if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
+    resp
+}
+
 impl Service for Keys {
-    fn handle(&self, req: &Request, body: &mut BodyReader<'_>) -> Reply {
-        let path = req.path();
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let method = req.method().to_string();
+        let headers = header_list(&req);
         let limit = if path == "/__admin/keys" {
             MAX_KEYS_FILE
         } else {
             MAX_BODY
         };
-        let bytes = match read_body(body, limit) {
-            Ok(bytes) => bytes,
+        let body = match read_body(req, limit).await {
+            Ok(body) => body,
             Err(reply) => return reply,
         };
-        let method = req.method.as_str();
-        let resp = match (method, path) {
-            ("POST", "/api/v1/keys/validate") => return self.validate_call(req, &bytes),
+        match (method.as_str(), path.as_str()) {
+            ("POST", "/api/v1/keys/validate") => self.validate_call(headers, &body).await,
             // Envoy's ext_authz passes the client's method on, whatever it is.
             (_, p) if p == "/ext_authz" || p.starts_with("/ext_authz/") => {
-                return self.ext_authz_call(req)
+                self.ext_authz_call(&headers).await
             }
-            ("GET", "/__admin/stats") => Response::json(200, &self.stats()),
-            ("POST", "/__admin/reset") => {
-                *lock(&self.stats) = Stats::default();
-                Response::json(200, &json!({ "ok": true }))
-            }
-            ("POST", "/__admin/keys") => self.set_keys(&bytes),
-            ("POST", "/__admin/mode") => self.set_mode(&bytes),
-            (
-                _,
-                "/api/v1/keys/validate"
-                | "/__admin/stats"
-                | "/__admin/reset"
-                | "/__admin/keys"
-                | "/__admin/mode",
-            ) => Response::detail(405, "Method Not Allowed"),
-            _ => Response::detail(404, "Not Found"),
-        };
-        Reply::Send(resp)
+            (_, "/api/v1/keys/validate") => Reply::Send(detail(405, "Method Not Allowed")),
+            (m, p) => Reply::Send(self.admin(m, p, &body)),
+        }
     }
 }
 
