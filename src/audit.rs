@@ -1,7 +1,7 @@
 //! The audit line: one JSON log line per decision. It names the key only by
-//! its `key_id` and 8 hex digits of its digest. Its facts are gathered only
-//! when the line is on (`audit_log`), so that the hot path pays nothing for
-//! it otherwise.
+//! its `key_id` and 8 hex digits of its digest. The facts only the line needs
+//! are gathered only when it is on (`audit_log`), so that the hot path pays
+//! nothing for it otherwise.
 
 use crate::config::Source;
 use crate::endpoints::Class;
@@ -23,7 +23,7 @@ pub enum CacheState {
 }
 
 impl CacheState {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::None => "none",
             Self::Hit => "hit",
@@ -34,7 +34,7 @@ impl CacheState {
     }
 }
 
-/// What the audit line says about one request.
+/// The facts only the audit line needs.
 #[derive(Debug, Default)]
 pub struct Audit {
     pub method: String,
@@ -42,28 +42,35 @@ pub struct Audit {
     pub path: String,
     /// `allowed`, `public` or the denial's verdict; None: not decided.
     pub verdict: Option<&'static str>,
-    pub cache: CacheState,
-    pub source: Option<Source>,
     pub key_id: Option<String>,
     pub user_id: Option<String>,
 }
 
+/// What the request's own state says about the decision.
+pub struct Decision<'a> {
+    /// The name of the policy that applied.
+    pub route: &'a str,
+    pub digest: Option<&'a Digest>,
+    pub class: Class,
+    pub cache: CacheState,
+    pub source: Option<Source>,
+}
+
 impl Audit {
     /// The line, once the request was decided.
-    /// `route` names the policy that applied.
-    pub fn line(&self, route: &str, digest: Option<&Digest>, class: Class) -> Option<String> {
+    pub fn line(&self, d: &Decision<'_>) -> Option<String> {
         let line = Line {
             event: "hokusai_auth",
             verdict: self.verdict?,
-            route,
-            cache: self.cache.as_str(),
-            key: digest.map(short_hash),
-            source: self.source.map(Source::as_str),
+            route: d.route,
+            cache: d.cache.as_str(),
+            key: d.digest.map(short_hash),
+            source: d.source.map(Source::as_str),
             key_id: self.key_id.as_deref(),
             user_id: self.user_id.as_deref(),
             method: &self.method,
             path: &self.path,
-            class: class.as_str(),
+            class: d.class.as_str(),
         };
         serde_json::to_string(&line).ok()
     }
@@ -89,9 +96,19 @@ struct Line<'a> {
 mod tests {
     use super::*;
 
+    fn decision<'a>(route: &'a str, digest: Option<&'a Digest>) -> Decision<'a> {
+        Decision {
+            route,
+            digest,
+            class: Class::RegistryWrite,
+            cache: CacheState::Shared,
+            source: Some(Source::Basic),
+        }
+    }
+
     #[test]
     fn an_undecided_request_has_no_line() {
-        assert_eq!(Audit::default().line("default", None, Class::Read), None);
+        assert_eq!(Audit::default().line(&decision("default", None)), None);
     }
 
     #[test]
@@ -100,14 +117,10 @@ mod tests {
             method: "POST".into(),
             path: "/api/2.0/mlflow/runs/create".into(),
             verdict: Some("allowed"),
-            cache: CacheState::Shared,
-            source: Some(Source::Basic),
             key_id: Some("k_1".into()),
             user_id: None,
         };
-        let line = a
-            .line("ui", Some(&[0xab; 32]), Class::RegistryWrite)
-            .unwrap();
+        let line = a.line(&decision("ui", Some(&[0xab; 32]))).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["event"], "hokusai_auth");
         assert_eq!(v["route"], "ui");

@@ -138,6 +138,8 @@ pub struct Policy {
     /// Reads without a key pass, without identity; writes still need one.
     pub anonymous_read: bool,
     pub challenge: Challenge,
+    /// The path under each mount the filter answers itself; None: off.
+    pub whoami: Option<String>,
 }
 
 impl Policy {
@@ -168,7 +170,7 @@ pub struct Config {
 }
 
 /// The sections a rule may override, in the order they are checked.
-const POLICY_SECTIONS: [&str; 9] = [
+const POLICY_SECTIONS: [&str; 10] = [
     "enabled",
     "auth",
     "credentials",
@@ -178,6 +180,7 @@ const POLICY_SECTIONS: [&str; 9] = [
     "rate_limit",
     "anonymous_read",
     "challenge",
+    "whoami",
 ];
 /// What only the top level sets.
 const GLOBAL_SECTIONS: [&str; 4] = ["cache", "identity_headers", "audit_log", "routes"];
@@ -272,6 +275,7 @@ fn policy(at: At, name: &str, s: &Sections) -> Result<Policy, String> {
         rate_limit: sections::rate_limit(at, rate, &default_scope)?,
         anonymous_read: flag(at, s, "anonymous_read", false)?,
         challenge: sections::challenge(at, at.read("challenge", s.get("challenge"))?)?,
+        whoami: sections::whoami(at, at.read("whoami", s.get("whoami"))?)?,
     })
 }
 

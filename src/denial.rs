@@ -7,7 +7,7 @@ use crate::credential::CredentialError;
 use crate::host::Host;
 use crate::metrics::Counter;
 use crate::ratelimit::Window;
-use crate::reply::{window_headers, Reply};
+use crate::reply::{window_headers, Reply, MARKER};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
@@ -82,10 +82,12 @@ impl Denial {
         }
     }
 
-    /// The local reply, as the MLflow client shows it.
+    /// The local reply, as the MLflow client shows it, marked as the filter's.
     pub fn reply(&self) -> Reply {
         let (status, code) = self.status();
-        Reply::mlflow_error(status, code, &self.message(), self.headers())
+        let mut headers = self.headers();
+        headers.push((MARKER, self.verdict().into()));
+        Reply::mlflow_error(status, code, &self.message(), headers)
     }
 
     fn status(&self) -> (u32, &'static str) {
@@ -174,6 +176,11 @@ mod tests {
             assert_eq!(v["error_code"], code);
             assert!(v["message"].is_string());
             assert!(!d.verdict().is_empty() && !d.counter().name().is_empty());
+            assert_eq!(
+                header(&r, MARKER),
+                Some(d.verdict()),
+                "marked as the filter's"
+            );
         }
     }
 

@@ -9,8 +9,8 @@
 //! `Stream::deny`, every pass without a key through `Stream::pass`, every
 //! host interaction through `Host`.
 
-use crate::audit::{Audit, CacheState};
-use crate::config::{Config, Policy};
+use crate::audit::{Audit, CacheState, Decision};
+use crate::config::{Config, Policy, Source};
 use crate::credential::{self, Credential, CredentialError, Presented};
 use crate::denial::Denial;
 use crate::endpoints::{Class, EndpointTable};
@@ -25,6 +25,7 @@ use crate::rewrite;
 use crate::routes::{RouteTable, Selector};
 use crate::validation::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
 use crate::verdict_cache::{Cached, Digest, Lookup, Namespace, VerdictCache};
+use crate::whoami::Whoami;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
@@ -110,8 +111,14 @@ pub struct Stream {
     /// The policy that applies, at its `Config::policy_at` index.
     policy: usize,
     class: Class,
+    /// The filter answers this request itself (`<mount>/_hokusai/whoami`).
+    whoami: bool,
+    /// Where the key was found, once it was.
+    source: Option<Source>,
     /// The key's digest, once the key is known.
     digest: Option<Digest>,
+    /// How the verdict was reached.
+    cache: CacheState,
     /// The key's rate-limit window, for the response headers.
     window: Option<Window>,
     /// Read once per callback: one clock hostcall serves the whole decision.
@@ -163,7 +170,10 @@ impl Stream {
                 state: State::Start,
                 policy: 0,
                 class: Class::Write,
+                whoami: false,
+                source: None,
                 digest: None,
+                cache: CacheState::None,
                 window: None,
                 now_ms: 0,
                 finished: false,
@@ -199,9 +209,14 @@ impl Stream {
         if !policy.enabled {
             return self.pass(host, Pass::NotEnforced);
         }
-        self.class = worker.classes.get_or(&[request.method, mlflow_path], || {
-            worker.endpoints.classify(request.method, mlflow_path)
-        });
+        self.whoami = is_whoami(policy, path, mlflow_path);
+        self.class = if self.whoami {
+            Class::Read
+        } else {
+            worker.classes.get_or(&[request.method, mlflow_path], || {
+                worker.endpoints.classify(request.method, mlflow_path)
+            })
+        };
         match credential::extract(&request.presented, policy) {
             Ok(credential) => self.find_verdict(host, &credential, request.forwarded_for),
             Err(CredentialError::Missing) if policy.anonymous_read && self.class == Class::Read => {
@@ -281,9 +296,7 @@ impl Stream {
         let worker = Rc::clone(&self.worker);
         let digest = worker.namespace(self.policy).digest(&credential.key);
         self.digest = Some(digest);
-        if let Some(a) = self.audit_mut() {
-            a.source = Some(credential.source);
-        }
+        self.source = Some(credential.source);
         self.now_ms = host.now_ms();
         let stale = match worker.cache.lookup(host, &digest, self.now_ms) {
             Lookup::Fresh(cached) => return self.cache_hit(host, cached),
@@ -491,8 +504,12 @@ impl Stream {
         Ok(())
     }
 
-    /// Sets the identity headers and lets the request go upstream.
+    /// Sets the identity headers and lets the request go upstream, or
+    /// answers it here if it asked who the key is.
     fn forward<H: Host>(&mut self, host: &H, id: &Identity, resumed: bool) -> Flow {
+        if self.whoami {
+            return self.answer_whoami(host, id);
+        }
         let cfg = &self.worker.cfg;
         if let Some(u) = &id.user_id {
             host.set_request_header(&cfg.user_id_header, Some(u));
@@ -506,6 +523,24 @@ impl Stream {
             host.resume_request();
         }
         Flow::Continue
+    }
+
+    fn answer_whoami<H: Host>(&mut self, host: &H, id: &Identity) -> Flow {
+        let worker = Rc::clone(&self.worker);
+        let reply = Whoami {
+            id,
+            policy: worker.cfg.policy_at(self.policy),
+            source: self.source,
+            window: self.window.as_ref(),
+            cached: matches!(self.cache, CacheState::Hit | CacheState::Stale),
+        }
+        .reply();
+        host.count(Counter::Whoami);
+        self.decided("whoami");
+        // The rate-limit headers are in the reply already.
+        self.window = None;
+        host.send_reply(&reply);
+        Flow::Pause
     }
 
     /// The one way a request is refused: the reply, the stat, the audit verdict.
@@ -529,9 +564,7 @@ impl Stream {
     }
 
     fn note_cache(&mut self, state: CacheState) {
-        if let Some(a) = self.audit_mut() {
-            a.cache = state;
-        }
+        self.cache = state;
     }
 
     fn note_path(&mut self, path: &str) {
@@ -541,10 +574,13 @@ impl Stream {
     }
 
     fn audit_line(&self) -> Option<String> {
-        let route = &self.worker.cfg.policy_at(self.policy).name;
-        self.audit
-            .as_ref()?
-            .line(route, self.digest.as_ref(), self.class)
+        self.audit.as_ref()?.line(&Decision {
+            route: &self.worker.cfg.policy_at(self.policy).name,
+            digest: self.digest.as_ref(),
+            class: self.class,
+            cache: self.cache,
+            source: self.source,
+        })
     }
 }
 
@@ -566,6 +602,15 @@ fn deliver<H: Host>(host: &H, waiters: Vec<(u32, Waiter)>, verdict: &Verdict) {
         };
         s.conclude(host, verdict.clone(), stale, true);
     }
+}
+
+/// `<mount>/_hokusai/whoami`: the policy's whoami path under a mount (the
+/// mount was stripped).
+fn is_whoami(policy: &Policy, path: &str, mlflow_path: &str) -> bool {
+    policy
+        .whoami
+        .as_deref()
+        .is_some_and(|w| w == mlflow_path && mlflow_path != path)
 }
 
 fn report_failure<H: Host>(host: &H, f: Failure) {

@@ -907,3 +907,78 @@ fn requests_no_rule_selects_get_the_default() {
         .headers
         .contains(&("www-authenticate", "Bearer realm=\"hokusai\"".into())));
 }
+
+// --- whoami ---
+
+const WHOAMI: &str = "/api/mlflow/_hokusai/whoami";
+
+#[test]
+fn whoami_is_answered_by_the_filter_with_what_the_key_may_do() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.request(
+        "GET",
+        WHOAMI,
+        &[("authorization", &format!("Bearer {KEY}"))],
+    );
+    rig.reply(id, &s, Some(200), RO);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r
+        .headers
+        .contains(&("x-hokusai-auth-reply", "whoami".into())));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["key_id"], "k_2");
+    assert_eq!(v["access"]["read"], true);
+    assert_eq!(v["access"]["write"], false);
+    assert_eq!(v["service_id"], "platform");
+    assert_eq!(v["key_source"], "bearer");
+    assert_eq!(v["cached"], false);
+    assert!(
+        rig.host.resumed.borrow().is_empty(),
+        "never forwarded to MLflow"
+    );
+    // The second time from the cache.
+    let (id, _, flow) = rig.request(
+        "GET",
+        WHOAMI,
+        &[("authorization", &format!("Bearer {KEY}"))],
+    );
+    assert_eq!(flow, Flow::Pause);
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["cached"], true);
+    assert_eq!(rig.host.count_of(Counter::Whoami), 2);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn whoami_needs_a_key_and_can_be_switched_off_per_route() {
+    let rig = Rig::new(
+        r#", "routes": [{"match": {"path_prefix": "/mlflow"}, "whoami": {"enabled": false}}]"#,
+    );
+    let (id, _, _) = rig.request("GET", WHOAMI, &[]);
+    assert_eq!(rig.host.status(id), Some(401));
+    let (id, s, _) = rig.request(
+        "GET",
+        "/mlflow/_hokusai/whoami",
+        &[("authorization", &format!("Bearer {KEY}"))],
+    );
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(
+        rig.host.resumed.borrow().as_slice(),
+        &[id],
+        "passed on to MLflow"
+    );
+    assert_eq!(
+        rig.host.header(id, ":path").as_deref(),
+        Some("/_hokusai/whoami")
+    );
+    // Without a mount there is no whoami either.
+    let (id, _, flow) = rig.request(
+        "GET",
+        "/_hokusai/whoami",
+        &[("authorization", &format!("Bearer {KEY}"))],
+    );
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(rig.host.status(id), None);
+}

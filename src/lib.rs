@@ -33,6 +33,7 @@ pub mod sections;
 pub mod slots;
 pub mod validation;
 pub mod verdict_cache;
+pub mod whoami;
 
 #[cfg(test)]
 mod filter_tests;

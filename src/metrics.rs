@@ -27,6 +27,7 @@ counters! {
     NotEnforced => "not_enforced",
     Anonymous => "anonymous",
     Allowed => "allowed",
+    Whoami => "whoami",
     DeniedBadRequest => "denied.bad_request",
     DeniedUnauthenticated => "denied.unauthenticated",
     DeniedInvalidKey => "denied.invalid_key",

@@ -4,6 +4,10 @@
 use crate::ratelimit::Window;
 use serde::Serialize;
 
+/// The header on every reply the filter makes itself (refusals and whoami),
+/// naming why: a client can tell the filter's 403 from MLflow's.
+pub const MARKER: &str = "x-hokusai-auth-reply";
+
 /// The body the MLflow client reads as `RestException: CODE: message`.
 #[derive(Serialize)]
 struct MlflowError<'a> {

@@ -114,6 +114,15 @@ pub struct RawRateLimit {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawWhoami {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_whoami_path")]
+    path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawChallenge {
     #[serde(default = "default_scheme")]
     scheme: Scheme,
@@ -201,6 +210,9 @@ fn default_scheme() -> Scheme {
 }
 fn default_realm() -> String {
     "hokusai".into()
+}
+fn default_whoami_path() -> String {
+    "/_hokusai/whoami".into()
 }
 
 // --- checks ----------------------------------------------------------------
@@ -426,4 +438,16 @@ pub fn challenge(at: At, c: RawChallenge) -> Result<Challenge, String> {
         scheme: c.scheme,
         realm: c.realm,
     })
+}
+
+/// The whoami path under each mount; None when switched off.
+pub fn whoami(at: At, w: RawWhoami) -> Result<Option<String>, String> {
+    absolute_path(at, "whoami.path", &w.path)?;
+    if w.path.len() < 2 || w.path.ends_with('/') {
+        return Err(at.err(
+            "whoami.path",
+            "must name a path below the mount, like /_hokusai/whoami",
+        ));
+    }
+    Ok(w.enabled.then_some(w.path))
 }

@@ -241,3 +241,38 @@ def test_bad_config_is_rejected_at_load_naming_the_field(workdir, echo, keysvc):
     with pytest.raises(RuntimeError) as info:
         harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, name="envoy-badcfg")
     assert "configuration rejected: cache.slots" in str(info.value)
+
+
+def test_whoami_is_answered_by_the_filter_and_never_reaches_mlflow(gw, echo, keys):
+    key = keys.new(scopes=["mlflow:read"], rate_limit_per_hour=50)
+    echo.clear()
+    for mount in ("/api/mlflow", "/mlflow"):
+        r = requests.get(gw.url + mount + "/_hokusai/whoami", headers={"Authorization": f"Bearer {key}"},
+                         timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-hokusai-auth-reply"] == "whoami"
+        me = r.json()
+        assert me["key_id"] == "k_" + key[-6:] and me["user_id"] == "u_" + key[-6:]
+        assert me["access"] == {"read": True, "write": False, "registry_write": False, "admin": False}
+        assert me["service_id"] == "platform" and me["key_source"] == "bearer"
+        assert me["rate_limit"]["limit"] == 50 and me["rate_limit"]["remaining"] < 50
+        assert me["filter"]["name"] == "hokusai-mlflow-auth" and me["filter"]["version"]
+        assert key[8:] not in r.text
+    assert me["cached"] is True, "the second whoami came from the cache"
+    assert echo.requests() == [], "whoami never reaches MLflow"
+
+
+def test_every_reply_of_the_filter_is_marked_and_the_upstreams_are_not(gw, keys, echo):
+    marked = {
+        "unauthenticated": requests.get(gw.url + RUNS_SEARCH, timeout=10),
+        "bad_path": requests.get(gw.url + "/api/mlflow;x=1/api/2.0/mlflow/runs/search", timeout=10),
+        "invalid_key": requests.get(gw.url + RUNS_SEARCH, headers={"Authorization": "Bearer hk_test_nope_123456"},
+                                    timeout=10),
+        "forbidden": requests.post(gw.url + RUNS_CREATE, headers={"Authorization": f"Bearer {RO}"}, json={},
+                                   timeout=10),
+    }
+    for verdict, r in marked.items():
+        want = "missing" if verdict == "unauthenticated" else verdict
+        assert r.headers.get("x-hokusai-auth-reply") == want, (verdict, r.status_code, dict(r.headers))
+    ok = requests.get(gw.url + RUNS_SEARCH, headers={"Authorization": f"Bearer {RW}"}, timeout=10)
+    assert ok.status_code == 200 and "x-hokusai-auth-reply" not in ok.headers
