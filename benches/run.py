@@ -159,7 +159,7 @@ def base_rows(hw: Path) -> list[Row]:
             auth=True, identity=True, hides_key=True),
         Row("hit_rl", "hokusai, cache hit, rate limit on", "hokusai", wasm=hw,
             config=hokusai_config(True), auth=True, identity=True, hides_key=True),
-        Row("hit_routes", "hokusai, cache hit, the local config's 5 per-route rules (one selects by route name)",
+        Row("hit_routes", "hokusai, cache hit, the local config's per-route rules (one selects by route name)",
             "hokusai", wasm=hw, config=hokusai_config(False, routes=True), auth=True, identity=True,
             hides_key=True),
         Row("miss", "hokusai, cache miss (new key each request)", "hokusai", wasm=hw,

@@ -15,7 +15,15 @@ use std::rc::Rc;
 pub struct RawMatch {
     route_name: Option<String>,
     host: Option<String>,
-    path_prefix: Option<String>,
+    path_prefix: Option<Prefixes>,
+}
+
+/// One path prefix, or a list of them (any may match).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Prefixes {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,8 +37,9 @@ enum HostPattern {
 pub struct Selector {
     route_name: Option<String>,
     host: Option<HostPattern>,
-    /// Without a trailing `/`: matches the path itself and what lies below it.
-    path_prefix: Option<String>,
+    /// Each without a trailing `/`, sorted: a path matches when it is one of
+    /// them or lies below one. Empty: any path.
+    path_prefixes: Vec<String>,
 }
 
 impl Selector {
@@ -47,17 +56,10 @@ impl Selector {
             }
         }
         let host = raw.host.map(|h| host_pattern(at, &h)).transpose()?;
-        let path_prefix = match raw.path_prefix {
-            Some(p) => {
-                absolute_path(at, "match.path_prefix", &p)?;
-                Some(p.trim_end_matches('/').to_string())
-            }
-            None => None,
-        };
         Ok(Selector {
             route_name: raw.route_name,
             host,
-            path_prefix,
+            path_prefixes: path_prefixes(at, raw.path_prefix)?,
         })
     }
 
@@ -80,14 +82,32 @@ impl Selector {
     /// Whole segments only: `/mlflow` matches `/mlflow` and `/mlflow/x`,
     /// never `/mlflowx`.
     fn matches_path(&self, path: &str) -> bool {
-        match &self.path_prefix {
-            None => true,
-            Some(prefix) => match path.strip_prefix(prefix.as_str()) {
-                Some(rest) => rest.is_empty() || rest.starts_with('/'),
-                None => false,
-            },
-        }
+        let below = |prefix: &String| match path.strip_prefix(prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        };
+        self.path_prefixes.is_empty() || self.path_prefixes.iter().any(below)
     }
+}
+
+fn path_prefixes(at: At, raw: Option<Prefixes>) -> Result<Vec<String>, String> {
+    let listed = match raw {
+        None => return Ok(Vec::new()),
+        Some(Prefixes::One(p)) => vec![p],
+        Some(Prefixes::Many(list)) => list,
+    };
+    if listed.is_empty() {
+        return Err(at.err("match.path_prefix", "must name at least one prefix"));
+    }
+    let mut prefixes = Vec::new();
+    for p in listed {
+        absolute_path(at, "match.path_prefix", &p)?;
+        prefixes.push(p.trim_end_matches('/').to_string());
+    }
+    // Sorted, so that two rules listing the same prefixes are seen as one.
+    prefixes.sort();
+    prefixes.dedup();
+    Ok(prefixes)
 }
 
 fn host_pattern(at: At, raw: &str) -> Result<HostPattern, String> {
@@ -224,6 +244,17 @@ mod tests {
             !wild.matches_route_and_host(None, None),
             "a malformed host matches no host rule"
         );
+    }
+
+    #[test]
+    fn a_list_of_prefixes_matches_any_of_them() {
+        let s = selector(r#"{"path_prefix": ["/mlflow/api", "/api/mlflow/api/"]}"#).unwrap();
+        assert!(s.matches_path("/mlflow/api/2.0/x"));
+        assert!(s.matches_path("/api/mlflow/api/2.0/x"));
+        assert!(!s.matches_path("/api/mlflow/static-files/x"));
+        let same = selector(r#"{"path_prefix": ["/api/mlflow/api", "/mlflow/api"]}"#).unwrap();
+        assert_eq!(s, same, "the same prefixes in another order");
+        assert!(selector(r#"{"path_prefix": []}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,115 @@
+"""The read-only steps over HTTP: the health path, the filter in the path,
+the key, its scopes, MLflow behind the path rewrite, the rate limit."""
+
+from __future__ import annotations
+
+from .diagnose import Diagnosis, diagnose, reset_time
+from .network import Failed
+from .probe import Evidence, Target, fetch
+
+
+class Skipped(Exception):
+    """A step that does not apply here."""
+
+
+API_SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+class Checks:
+    """The steps, sharing what they learn (the whoami answer)."""
+
+    def __init__(self, t: Target, write: bool):
+        self.t, self.write = t, write
+        self.whoami: Evidence | None = None
+
+    def health(self) -> str:
+        first = None
+        for path in (self.t.mount + "/health/mlflow", "/health"):
+            ev = fetch(self.t, path, key=False)
+            if ev.status == 200:
+                return f"{path}: 200 {ev.body.strip()[:40]!r}"
+            first = first or ev
+        raise Failed(f"{first.url}: {first.status or first.error}", diagnose(first, self.t))
+
+    def filter_in_path(self) -> str:
+        self.whoami = fetch(self.t, self.t.mount + "/_hokusai/whoami")
+        ev = self.whoami
+        if ev.marker:
+            return f"{self.t.mount}/_hokusai/whoami answered by the filter ({ev.marker}, {ev.status})"
+        if ev.error is not None or (ev.status == 404 and not ev.body.strip() and not ev.from_upstream):
+            raise Failed(ev.error or f"{ev.status} from the gateway", diagnose(ev, self.t))
+        raise Failed(f"{ev.url}: {ev.status} without the filter's marker", self.why_no_whoami())
+
+    def why_no_whoami(self) -> Diagnosis:
+        """The filter did not answer whoami: absent, or not seeing this mount."""
+        bare = fetch(self.t, self.t.mount + API_SEARCH, key=False)
+        if bare.marker:
+            return Diagnosis("filter", f"the filter is in the path but did not answer {self.t.mount}/_hokusai/"
+                                       f"whoami: {self.t.mount} is not one of its mlflow.mount_prefixes (so it "
+                                       "is not stripped either), or whoami is off on this route")
+        return Diagnosis("filter", f"the Hokusai filter is not in the path: a request without a key got "
+                                   f"{bare.status} from {'MLflow' if bare.from_upstream else 'the gateway'}; "
+                                   "attach the filter (WasmPlugin, EnvoyExtensionPolicy or the bootstrap's "
+                                   "http_filters) to this route")
+
+    def key(self) -> str:
+        ev = self.whoami or fetch(self.t, self.t.mount + "/_hokusai/whoami")
+        if ev.status != 200 or ev.marker != "whoami":
+            raise Failed(f"{ev.status} {ev.marker or ''}".strip(), diagnose(ev, self.t))
+        me = ev.json()
+        return (f"key {me.get('key_id')} of user {me.get('user_id')}, service_id {me.get('service_id')}, "
+                f"route {me.get('route')}, found in {me.get('key_source')}")
+
+    def scopes(self) -> str:
+        if self.whoami is None or self.whoami.status != 200:
+            raise Skipped("no whoami answer")
+        me = self.whoami.json()
+        access = me.get("access", {})
+        granted = [name for name in ("read", "write", "registry_write", "admin") if access.get(name)]
+        needed = ["read", "write", "registry_write"] if self.write else ["read"]
+        missing = [n for n in needed if n not in granted]
+        if missing:
+            raise Failed(f"may {', '.join(granted) or 'nothing'}", Diagnosis(
+                "scopes", f"the key may not {', '.join(missing)} here (scopes {me.get('scopes')}): give it a "
+                          "write scope such as mlflow:write, or run without --write"))
+        return f"may {', '.join(granted)} (scopes {', '.join(me.get('scopes') or []) or 'none'})"
+
+    def mlflow(self, client) -> str:
+        try:
+            found = client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure is diagnosed from the raw request
+            raise Failed(first_line(e), self.why_no_mlflow()) from e
+        return f"MLflow answered {self.t.mount}/api/2.0/mlflow/experiments/search ({len(found)} experiment(s))"
+
+    def why_no_mlflow(self) -> Diagnosis:
+        ev = fetch(self.t, self.t.mount + API_SEARCH)
+        if ev.status != 404 or ev.marker:
+            return diagnose(ev, self.t)
+        if not ev.body.strip() and not ev.from_upstream:
+            return diagnose(ev, self.t)  # the gateway's own 404: no route
+        ajax = fetch(self.t, self.t.mount + API_SEARCH.replace("/api/", "/ajax-api/", 1))
+        if ajax.status == 200:
+            return Diagnosis("path rewrite", "the server serves the UI's /ajax-api/2.0/ but not /api/2.0/: set "
+                                             "mlflow.ajax_api: true for this route")
+        return Diagnosis("path rewrite", f"MLflow does not know the path it is sent: the gateway did not strip "
+                                         f"{self.t.mount} (add it to mlflow.mount_prefixes), or MLflow serves "
+                                         "under a prefix of its own (--static-prefix)")
+
+    def rate_limit(self) -> str:
+        ev = fetch(self.t, self.t.mount + API_SEARCH)
+        if ev.marker == "rate_limited" or ev.headers.get("x-ratelimit-remaining") == "0":
+            raise Failed("no requests left this hour", diagnose(ev, self.t) if ev.marker else Diagnosis(
+                "rate limit", f"the key is at its hourly limit until {reset_time(ev)}"))
+        if "x-ratelimit-limit" not in ev.headers:
+            if ev.status != 200:
+                raise Failed(f"{ev.status}", diagnose(ev, self.t))
+            raise Skipped("no X-RateLimit headers: the filter's rate limit is off on this route")
+        h = ev.headers
+        return (f"limit {h['x-ratelimit-limit']}/hour, {h.get('x-ratelimit-remaining')} left, window ends "
+                f"{reset_time(ev)}")
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
