@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs and builds everything the stack, the tests and the benchmarks need:
 # the wasm32-wasip1 target, the project's virtualenv (.venv) with the pinned
-# Envoy, MLflow and Playwright, Debian's Chromium (the browser tests), the
-# filter (.wasm) and the stand-in. Idempotent.
+# Envoy, MLflow and Playwright and the verifier (verify/), Debian's Chromium
+# (the browser tests), the filter (.wasm) and the stand-in. Idempotent.
 #
 #   scripts/setup.sh            # what the stack and the tests need
 #   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
@@ -45,6 +45,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
   echo "$want" > "$stamp"
+fi
+# The verifier (verify/), editable: scripts/verify.sh runs the source as it is.
+vstamp=.venv/.verify.sha
+vwant=$(sha256sum verify/pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/hokusai-verify ] || [ "$(cat "$vstamp" 2>/dev/null)" != "$vwant" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./verify
+  echo "$vwant" > "$vstamp"
 fi
 apt_install chromium
 if [ $bench = 1 ]; then

@@ -3,6 +3,9 @@ keys, a real MLflow server (sqlite, artifacts served by the server) and Envoy
 with the filter in front of it. Ctrl-C stops everything.
 
     scripts/stack.sh [--port 8080] [--data .stack]
+
+The --break-* switches each break one layer the way real deployments do
+(the verifier's tests use them; try scripts/verify.sh against each).
 """
 
 import argparse
@@ -14,64 +17,70 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import harness  # noqa: E402
+from local_stack import LocalStack, Switches  # noqa: E402
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=8080, help="gateway port on 127.0.0.1 (default 8080)")
     ap.add_argument("--data", type=Path, default=harness.ROOT / ".stack",
                     help="where MLflow's database, artifacts, logs and the dev keys live (kept between runs)")
-    args = ap.parse_args()
-    data = args.data.resolve()
-    data.mkdir(parents=True, exist_ok=True)
+    ap.add_argument("--service-id", help="the service_id the gateway asks the key service for "
+                    "(another one than the keys': every key gets 401)")
+    ap.add_argument("--mount-prefixes", help="comma-separated mounts the filter strips (e.g. /other)")
+    ap.add_argument("--ajax-api", action="store_true", help="the filter maps api/2.0 to ajax-api/2.0")
+    ap.add_argument("--mlflow-allowed-hosts", help="MLflow's --allowed-hosts (e.g. mlflow.internal: MLflow "
+                    "refuses the Host the gateway sends)")
+    ap.add_argument("--break-rest-api", action="store_true", help="the upstream serves /ajax-api/ but not "
+                    "/api/2.0/ (what --ajax-api fixes)")
+    ap.add_argument("--break-no-filter", action="store_true", help="the route has no Hokusai filter")
+    ap.add_argument("--break-no-route", action="store_true", help="the gateway routes nothing to MLflow")
+    ap.add_argument("--break-key-service", action="store_true", help="the key service is unreachable")
+    ap.add_argument("--tls-names", help="serve HTTPS with a self-signed certificate for these comma-separated "
+                    "names (e.g. 127.0.0.1, or wrong.example for a name mismatch)")
+    return ap.parse_args()
+
+
+def switches_from(args) -> Switches:
+    listed = lambda v: v.split(",") if v else None  # noqa: E731
+    return Switches(service_id=args.service_id, ajax_api=args.ajax_api, mount_prefixes=listed(args.mount_prefixes),
+                    mlflow_allowed_hosts=args.mlflow_allowed_hosts, ajax_only=args.break_rest_api,
+                    no_filter=args.break_no_filter, no_route=args.break_no_route,
+                    auth_down=args.break_key_service, tls_names=listed(args.tls_names))
+
+
+def dev_keys(data: Path) -> dict:
     keys_file = data / "dev-keys.json"
     if not keys_file.exists():
         keys_file.write_text(json.dumps(harness.DEV_KEYS, indent=2) + "\n")
-    keys = json.loads(keys_file.read_text())
+    return json.loads(keys_file.read_text())
 
-    parts = []
 
-    def stop(*_):
-        for p in reversed(parts):
-            p.stop()
-        print("\nstopped; data kept in", data)
-        sys.exit(0)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        print("starting the key-service stand-in, MLflow and Envoy ...", flush=True)
-        keysvc = harness.StandIn("keys", data, keys=keys, name="keyservice")
-        parts.append(keysvc)
-        mlflow = harness.MlflowServer(data)
-        parts.append(mlflow)
-        gw = harness.Envoy(data, upstream_port=mlflow.port, auth_port=keysvc.port, listen_port=args.port,
-                           concurrency=2, name="envoy")
-        parts.append(gw)
-    except Exception as e:  # noqa: BLE001 - report and clean up whatever started
-        print(f"failed to start: {e}", file=sys.stderr)
-        for p in reversed(parts):
-            p.stop()
-        sys.exit(1)
-
+def banner(stack: LocalStack, data: Path, keys: dict) -> str:
+    gw, url = stack.envoy, stack.url
     rw, ro, admin = (k["key"] for k in keys["keys"][:3])
     staging = next((k["key"] for k in keys["keys"] if k.get("service_id") == "ml-platform"),
                    "(no ml-platform key in dev-keys.json)")
-    print(f"""
-The Hokusai MLflow gateway is up: {gw.url}/api/mlflow  (Envoy admin: {gw.admin})
+    ca = f" --ca-file {stack.ca_file}" if stack.ca_file else ""
+    return f"""
+The Hokusai MLflow gateway is up: {url}/api/mlflow  (Envoy admin: {gw.admin})
 Data, logs and the dev keys: {data}
 
 Use it from another shell with the standard MLflow client:
 
-    export MLFLOW_TRACKING_URI={gw.url}/api/mlflow
+    export MLFLOW_TRACKING_URI={url}/api/mlflow
     export MLFLOW_TRACKING_TOKEN={rw}
 
-The MLflow UI in a browser: {gw.url}/api/mlflow/ (or {gw.url}/mlflow/).
+Prove it works end to end (add --write to also write and clean up):
+
+    scripts/verify.sh --tracking-uri {url}/api/mlflow{ca}
+
+The MLflow UI in a browser: {url}/api/mlflow/ (or {url}/mlflow/).
 It asks for a user name and password: any user name, a dev key as the password.
 
 A second registry host, whose keys belong to service_id ml-platform:
 
-    export MLFLOW_TRACKING_URI=http://staging.localhost:{gw.port}/api/mlflow
+    export MLFLOW_TRACKING_URI={url.replace("127.0.0.1", "staging.localhost")}/api/mlflow
     export MLFLOW_TRACKING_TOKEN={staging}
 
 (Browsers and curl resolve *.localhost to this machine; for Python add
@@ -82,13 +91,40 @@ Dev keys (stand-in only): read-write {rw}
                           admin      {admin}
                           staging    {staging}
 Routes: envoy-config/plugin-config.json (the API, UI and staging rules).
-Ctrl-C stops everything.""", flush=True)
-    while all(p.proc.alive() for p in parts):
+Ctrl-C stops everything."""
+
+
+def main():
+    args = parse_args()
+    data = args.data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    keys = dev_keys(data)
+    stack = None
+
+    def stop(*_):
+        if stack is not None:
+            stack.stop()
+        print("\nstopped; data kept in", data)
+        sys.exit(0)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print("starting the key-service stand-in, MLflow and Envoy ...", flush=True)
+    keysvc = harness.StandIn("keys", data, keys=keys, name="keyservice")
+    try:
+        stack = LocalStack(data, switches_from(args), name="stack", keysvc=keysvc, listen_port=args.port,
+                           mlflow_dir=data)
+    except Exception as e:  # noqa: BLE001 - report and clean up whatever started
+        keysvc.stop()
+        print(f"failed to start: {e}", file=sys.stderr)
+        sys.exit(1)
+    stack.owned.insert(0, keysvc)
+    print(banner(stack, data, keys), flush=True)
+    while all(p.proc.alive() for p in stack.owned):
         time.sleep(0.5)
-    dead = [p.proc.name for p in parts if not p.proc.alive()]
+    dead = [p.proc.name for p in stack.owned if not p.proc.alive()]
     print(f"{', '.join(dead)} exited; see the logs in {data}", file=sys.stderr)
-    for p in reversed(parts):
-        p.stop()
+    stack.stop()
     sys.exit(1)
 
 

@@ -211,7 +211,7 @@ class Envoy:
                  upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
-                 extra_args: list[str] | None = None):
+                 extra_args: list[str] | None = None, edit=None):
         if not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
         binary = envoy_binary()
@@ -232,6 +232,13 @@ class Envoy:
             **(extra_vars or {}),
         }
         rendered = string.Template(template.read_text()).substitute(values)
+        if edit is not None:
+            # A change to the bootstrap's structure (tests/local_stack.py).
+            import yaml
+
+            boot = yaml.safe_load(rendered)
+            edit(boot)
+            rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(rendered)
         self.admin_path = workdir / f"{name}.admin"

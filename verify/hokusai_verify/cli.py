@@ -166,11 +166,15 @@ def run(t: Target, args) -> list[Result]:
 def table(t: Target, results: list[Result], verbose: bool) -> str:
     width = None if verbose else 110
     lines = [f"hokusai-verify {t.tracking_uri}", "", f"{'STEP':<14} {'RESULT':<6} {'TIME':>7}  DETAIL"]
+    said: dict[tuple[str, str], str] = {}
     for r in results:
         detail = r.detail if width is None else r.detail[:width]
         lines.append(f"{r.name:<14} {r.status:<6} {r.seconds:>6.2f}s  {detail}")
         if r.diagnosis:
-            lines.append(f"{'':<14} -> {r.diagnosis.layer}: {r.diagnosis.fix}")
+            cause = (r.diagnosis.layer, r.diagnosis.fix)
+            text = f"same cause as {said[cause]}" if cause in said else f"{r.diagnosis.layer}: {r.diagnosis.fix}"
+            said.setdefault(cause, r.name)
+            lines.append(f"{'':<14} -> {text}")
     failed = [r for r in results if r.status == "FAIL"]
     lines.append("")
     if failed:

@@ -33,7 +33,7 @@ def diagnose(ev: Evidence, t: Target) -> Diagnosis:
 
 def no_answer(error: str, t: Target) -> Diagnosis:
     where = f"{t.host}:{t.port}"
-    if "Hostname mismatch" in error or "doesn't match" in error:
+    if "mismatch" in error or "doesn't match" in error:
         return Diagnosis("TLS", f"the certificate at {where} is not for {t.host}: serve a certificate whose "
                                 "names include it, or use the host name the certificate names")
     if "CERTIFICATE_VERIFY_FAILED" in error:

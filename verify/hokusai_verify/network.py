@@ -72,7 +72,8 @@ def presented_names(t: Target) -> list[str]:
 
 
 def cert_problem(e: ssl.SSLCertVerificationError, t: Target) -> Diagnosis:
-    if e.verify_code == 62 or "Hostname mismatch" in str(e):
+    # 62: a host name the certificate does not name; 64: an IP address.
+    if e.verify_code in (62, 64) or "mismatch" in str(e):
         presented = presented_names(t) or ["(names not readable)"]
         return Diagnosis("TLS", f"the certificate is for {', '.join(presented)}, not {t.host}: serve a "
                                 f"certificate that names {t.host}, or use a host name it names")

@@ -1,0 +1,126 @@
+"""The local stack (key-service stand-in, MLflow, Envoy with the filter) and
+the switches that break one layer of it at a time, for scripts/stack.py and
+the verifier's tests. Every switch is something a real deployment gets
+wrong."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import harness
+
+# What MLflow (Flask) answers for a path it does not serve.
+NOT_FOUND_PAGE = "<!doctype html>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
+
+
+@dataclass
+class Switches:
+    service_id: str | None = None  # the gateway asks the key service for another service
+    mount_prefixes: list[str] | None = None  # the filter strips other mounts
+    ajax_api: bool = False  # the filter maps api/2.0 to ajax-api/2.0
+    mlflow_allowed_hosts: str | None = None  # MLflow's --allowed-hosts
+    ajax_only: bool = False  # the upstream serves /ajax-api/ but not /api/2.0, /api/3.0
+    no_filter: bool = False  # the filter is not on the route
+    no_route: bool = False  # the gateway routes nothing to MLflow
+    auth_down: bool = False  # nothing listens where the key service should be
+    mlflow_down: bool = False  # nothing listens where MLflow should be
+    tls_names: list[str] | None = None  # HTTPS, with a certificate for these names
+
+    def plugin_config(self) -> dict:
+        cfg = harness.plugin_config()
+        if self.service_id:
+            cfg["auth"]["service_id"] = self.service_id
+        if self.mount_prefixes is not None:
+            cfg["mlflow"]["mount_prefixes"] = self.mount_prefixes
+        if self.ajax_api:
+            cfg["mlflow"]["ajax_api"] = True
+        return cfg
+
+
+def gateway_edits(s: Switches, tls_files: tuple[Path, Path] | None):
+    """The bootstrap changes the switches ask for."""
+    def edit(boot: dict):
+        chain = boot["static_resources"]["listeners"][0]["filter_chains"][0]
+        hcm = chain["filters"][0]["typed_config"]
+        vhost = next(v for v in hcm["route_config"]["virtual_hosts"] if v["name"] == "mlflow")
+        if s.no_filter:
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "hokusai_auth"]
+        if s.no_route:
+            for route in vhost["routes"]:
+                if route.get("name") == "mlflow":
+                    route["match"] = {"prefix": "/somewhere-else/"}
+        if s.ajax_only:
+            vhost["routes"][-1:-1] = [not_served(prefix) for prefix in ("/api/2.0/", "/api/3.0/")]
+        if tls_files:
+            chain["transport_socket"] = downstream_tls(*tls_files)
+    return edit
+
+
+def not_served(prefix: str) -> dict:
+    return {"name": "not-served" + prefix.replace("/", "-"), "match": {"prefix": prefix},
+            "direct_response": {"status": 404, "body": {"inline_string": NOT_FOUND_PAGE}}}
+
+
+def downstream_tls(cert: Path, key: Path) -> dict:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"filename": str(cert)}, "private_key": {"filename": str(key)}}]}}}
+
+
+def self_signed(workdir: Path, names: list[str]) -> tuple[Path, Path]:
+    """A certificate for `names` (DNS names or IP addresses), its own CA."""
+    san = ",".join(f"IP:{n}" if n.replace(".", "").isdigit() else f"DNS:{n}" for n in names)
+    cert, key = workdir / f"tls-{names[0]}.pem", workdir / f"tls-{names[0]}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+class LocalStack:
+    """Starts what the switches leave standing; `mlflow` and `keysvc` may be
+    shared with other stacks. Stop it with stop()."""
+
+    def __init__(self, workdir: Path, switches: Switches | None = None, name: str = "stack",
+                 keysvc: harness.StandIn | None = None, mlflow: harness.MlflowServer | None = None,
+                 listen_port: int = 0, mlflow_dir: Path | None = None):
+        self.s = switches or Switches()
+        self.owned: list = []
+        try:
+            self.keysvc = keysvc or self.own(harness.StandIn("keys", workdir, name=f"{name}-keys"))
+            self.mlflow = self.mlflow_server(mlflow_dir or workdir / f"{name}-mlflow", mlflow)
+            self.start_envoy(workdir, name, listen_port)
+        except BaseException:
+            self.stop()
+            raise
+
+    def own(self, part):
+        self.owned.append(part)
+        return part
+
+    def mlflow_server(self, data: Path, shared):
+        if self.s.mlflow_down:
+            return None
+        if shared is not None and not self.s.mlflow_allowed_hosts:
+            return shared
+        args = ["--allowed-hosts", self.s.mlflow_allowed_hosts] if self.s.mlflow_allowed_hosts else None
+        return self.own(harness.MlflowServer(data, extra_args=args))
+
+    def start_envoy(self, workdir: Path, name: str, listen_port: int):
+        tls_files = self_signed(workdir, self.s.tls_names) if self.s.tls_names else None
+        self.ca_file = str(tls_files[0]) if tls_files else None
+        upstream = self.mlflow.port if self.mlflow else harness.free_port()
+        auth = harness.free_port() if self.s.auth_down else self.keysvc.port
+        self.envoy = self.own(harness.Envoy(workdir, upstream_port=upstream, auth_port=auth,
+                                            config=self.s.plugin_config(), listen_port=listen_port,
+                                            edit=gateway_edits(self.s, tls_files), name=f"{name}-envoy"))
+        scheme = "https" if tls_files else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.envoy.port}"
+
+    def stop(self):
+        for part in reversed(self.owned):
+            part.stop()
+        self.owned = []
