@@ -57,6 +57,14 @@ impl Host for NullHost {
         self.dispatched.set(true);
         Some(1)
     }
+    fn dispatch_grpc(&self, _: &str, _: &str, _: &str, _: &[u8], _: Duration) -> Option<u32> {
+        self.call();
+        None
+    }
+    fn grpc_reply(&self, _: usize, _: usize) -> Vec<u8> {
+        self.call();
+        Vec::new()
+    }
     fn callout_reply(&self, _: usize, _: usize) -> (Option<u16>, Vec<u8>) {
         self.call();
         let body = br#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 1000000000}"#;

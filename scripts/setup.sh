@@ -53,7 +53,7 @@ if [ ! -x .venv/bin/hokusai-verify ] || [ "$(cat "$vstamp" 2>/dev/null)" != "$vw
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./verify
   echo "$vwant" > "$vstamp"
 fi
-apt_install chromium
+apt_install chromium redis-server
 if [ $bench = 1 ]; then
   apt_install wrk
 fi

@@ -117,6 +117,40 @@ pub struct RateLimitConfig {
     pub default_per_hour: u64,
     /// Routes with the same scope share a key's count.
     pub scope: String,
+    /// Counted by a rate limit service for the whole fleet; None: in this
+    /// Envoy's shared data.
+    pub global: Option<GlobalLimit>,
+}
+
+/// `rate_limit.mode: global`: where and how to ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalLimit {
+    /// The Envoy cluster of the rate limit service (HTTP/2).
+    pub cluster: String,
+    /// The cluster as Envoy's gRPC call wants it: a serialized `GrpcService`.
+    pub target: String,
+    pub domain: String,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitMode {
+    Local,
+    Global,
+}
+
+/// What a request gets when the rate limit service cannot answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Counted in this Envoy instead.
+    Local,
+    /// Let through uncounted.
+    Allow,
+    /// 503, retried by the client.
+    Deny,
 }
 
 /// What applies to a request: the top level's, or a rule's.
@@ -390,7 +424,8 @@ mod tests {
             c.policy.rate_limit,
             Some(RateLimitConfig {
                 default_per_hour: 1000,
-                scope: "platform@hokusai_auth".into()
+                scope: "platform@hokusai_auth".into(),
+                global: None,
             })
         );
         assert_eq!(c.rate_limit_slots, 4096);
@@ -647,6 +682,63 @@ mod tests {
         ] {
             let e = with(routes);
             assert!(e.starts_with(field), "{routes}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_fleet_counts_in_a_rate_limit_service_when_asked() {
+        let c = Config::parse(
+            br#"{"auth": {"cluster": "a", "service_id": "p"},
+                 "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit"},
+                 "routes": [{"match": {"host": "x"}, "rate_limit": {"failure_mode": "deny", "timeout_ms": 100}},
+                            {"match": {"host": "y"}, "rate_limit": {"mode": "local"}}]}"#,
+        )
+        .unwrap();
+        let g = c
+            .policy
+            .rate_limit
+            .as_ref()
+            .unwrap()
+            .global
+            .as_ref()
+            .unwrap();
+        assert_eq!(g.cluster, "hokusai_ratelimit");
+        assert_eq!(g.domain, "hokusai-mlflow");
+        assert_eq!(g.timeout, Duration::from_millis(20));
+        assert_eq!(g.failure_mode, FailureMode::Local);
+        let x = c
+            .policy_at(1)
+            .rate_limit
+            .as_ref()
+            .unwrap()
+            .global
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (x.failure_mode, x.timeout),
+            (FailureMode::Deny, Duration::from_millis(100))
+        );
+        assert!(c.policy_at(2).rate_limit.as_ref().unwrap().global.is_none());
+        let with = |rl: &str| {
+            parse_err(&format!(
+                r#"{{"auth": {{"cluster": "a", "service_id": "p"}}, "rate_limit": {rl}}}"#
+            ))
+        };
+        for (rl, field) in [
+            (r#"{"mode": "global"}"#, "rate_limit.cluster"),
+            (
+                r#"{"mode": "global", "cluster": "r", "timeout_ms": 0}"#,
+                "rate_limit.timeout_ms",
+            ),
+            (
+                r#"{"mode": "global", "cluster": "r", "domain": ""}"#,
+                "rate_limit.domain",
+            ),
+            (r#"{"mode": "fleet"}"#, "fleet"),
+            (r#"{"failure_mode": "maybe"}"#, "maybe"),
+        ] {
+            let e = with(rl);
+            assert!(e.contains(field), "{rl}: {e}");
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum Denial {
     Forbidden(String),
     /// This filter's own per-key limit.
     RateLimited { window: Window, now_s: u64 },
+    /// The rate limit service could not count the request, and the route
+    /// says to refuse it then (`failure_mode: deny`).
+    LimitUnavailable,
 }
 
 impl Denial {
@@ -63,7 +66,9 @@ impl Denial {
             Self::Credential { .. } => Counter::DeniedUnauthenticated,
             Self::InvalidKey { .. } => Counter::DeniedInvalidKey,
             Self::AuthRateLimited => Counter::DeniedAuthRateLimited,
-            Self::Unavailable | Self::NotConfigured => Counter::Unavailable,
+            Self::Unavailable | Self::NotConfigured | Self::LimitUnavailable => {
+                Counter::Unavailable
+            }
             Self::Forbidden(_) => Counter::DeniedForbidden,
             Self::RateLimited { .. } => Counter::DeniedRateLimited,
         }
@@ -79,6 +84,7 @@ impl Denial {
             Self::Unavailable | Self::NotConfigured => "unavailable",
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate_limited",
+            Self::LimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -96,7 +102,9 @@ impl Denial {
             Self::Credential { .. } | Self::InvalidKey { .. } => (401, "UNAUTHENTICATED"),
             Self::Forbidden(_) => (403, "PERMISSION_DENIED"),
             Self::AuthRateLimited | Self::RateLimited { .. } => (429, "RESOURCE_EXHAUSTED"),
-            Self::Unavailable | Self::NotConfigured => (503, "TEMPORARILY_UNAVAILABLE"),
+            Self::Unavailable | Self::NotConfigured | Self::LimitUnavailable => {
+                (503, "TEMPORARILY_UNAVAILABLE")
+            }
         }
     }
 
@@ -112,6 +120,9 @@ impl Denial {
             }
             Self::Unavailable => "the Hokusai key service is unavailable; retry shortly".into(),
             Self::NotConfigured => "the authentication filter is not configured".into(),
+            Self::LimitUnavailable => {
+                "the rate limit service is unavailable; retry shortly".into()
+            }
             Self::Forbidden(why) => why.clone(),
             Self::RateLimited { window, .. } => format!(
                 "rate limit of {} requests per hour exceeded for this API key",
@@ -127,7 +138,9 @@ impl Denial {
                 vec![("www-authenticate", challenge.clone())]
             }
             Self::AuthRateLimited => vec![("retry-after", "60".into())],
-            Self::Unavailable | Self::NotConfigured => vec![("retry-after", "1".into())],
+            Self::Unavailable | Self::NotConfigured | Self::LimitUnavailable => {
+                vec![("retry-after", "1".into())]
+            }
             Self::RateLimited { window, now_s } => {
                 let mut h = window_headers(window);
                 h.push(("retry-after", window.retry_after(*now_s).to_string()));
@@ -168,6 +181,7 @@ mod tests {
             (Denial::AuthRateLimited, 429, "RESOURCE_EXHAUSTED"),
             (Denial::Unavailable, 503, "TEMPORARILY_UNAVAILABLE"),
             (Denial::NotConfigured, 503, "TEMPORARILY_UNAVAILABLE"),
+            (Denial::LimitUnavailable, 503, "TEMPORARILY_UNAVAILABLE"),
         ] {
             let r = d.reply();
             assert_eq!(r.status, status);

@@ -15,6 +15,8 @@ const KEY: &str = "hk_test_SECRETKEYVALUE0123456789"; // fixture, not a real key
 
 type HeaderList = Vec<(String, Vec<u8>)>;
 type Callout = (u32, Vec<(String, String)>, Vec<u8>);
+/// A rate limit call: the context that made it, its target and message.
+type Count = (u32, String, Vec<u8>);
 
 #[derive(Default)]
 struct FakeHost {
@@ -32,6 +34,9 @@ struct FakeHost {
     shared_reads: Cell<u32>,
     gone: RefCell<HashSet<u32>>,
     route: RefCell<Option<String>>,
+    counts_sent: RefCell<Vec<Count>>,
+    count_reply: RefCell<Vec<u8>>,
+    refuse_grpc: Cell<bool>,
 }
 
 impl Host for FakeHost {
@@ -90,6 +95,32 @@ impl Host for FakeHost {
     }
     fn callout_reply(&self, _body_size: usize, _max: usize) -> (Option<u16>, Vec<u8>) {
         self.callout.borrow().clone()
+    }
+    fn dispatch_grpc(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        assert_eq!(
+            (service, method),
+            (
+                "envoy.service.ratelimit.v3.RateLimitService",
+                "ShouldRateLimit"
+            )
+        );
+        assert_eq!(timeout, Duration::from_millis(20));
+        if self.refuse_grpc.get() {
+            return None;
+        }
+        let mut sent = self.counts_sent.borrow_mut();
+        sent.push((self.ctx.get(), target.to_string(), message.to_vec()));
+        Some(1000 + sent.len() as u32)
+    }
+    fn grpc_reply(&self, _size: usize, _max: usize) -> Vec<u8> {
+        self.count_reply.borrow().clone()
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.shared_reads.set(self.shared_reads.get() + 1);
@@ -192,6 +223,8 @@ struct Rig {
     host: FakeHost,
     worker: Rc<Worker>,
     next: Cell<u32>,
+    /// Streams a test will hand rate limit replies to, by context.
+    streams: RefCell<HashMap<u32, Rc<RefCell<Stream>>>>,
 }
 
 const RW: &str = r#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 1000}"#;
@@ -208,6 +241,7 @@ impl Rig {
             host: FakeHost::default(),
             worker: Rc::new(Worker::new(cfg).unwrap()),
             next: Cell::new(10),
+            streams: RefCell::default(),
         }
     }
 
@@ -981,4 +1015,236 @@ fn whoami_needs_a_key_and_can_be_switched_off_per_route() {
     );
     assert_eq!(flow, Flow::Continue);
     assert_eq!(rig.host.status(id), None);
+}
+
+// --- rate_limit.mode: global ---
+
+const GLOBAL: &str = r#", "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit"}"#;
+
+mod rls_reply {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        rate_limit::Unit, Code, DescriptorStatus, RateLimit,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use prost::Message;
+
+    /// What the service answers: `remaining` after this hit, or over.
+    pub fn of(over: bool, remaining: u32) -> Vec<u8> {
+        let code = if over { Code::OverLimit } else { Code::Ok };
+        RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![DescriptorStatus {
+                code: code as i32,
+                current_limit: Some(RateLimit {
+                    requests_per_unit: 1000,
+                    unit: Unit::Hour as i32,
+                    ..Default::default()
+                }),
+                limit_remaining: remaining,
+                duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: 120,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// The descriptor's entries and limit override of a sent request.
+    pub fn read(message: &[u8]) -> (Vec<(String, String)>, u32) {
+        let r = RateLimitRequest::decode(message).unwrap();
+        assert_eq!(r.domain, "hokusai-mlflow");
+        let d = &r.descriptors[0];
+        let entries = d
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), e.value.clone()))
+            .collect();
+        (entries, d.limit.unwrap().requests_per_unit)
+    }
+}
+
+impl Rig {
+    /// Delivers a rate limit reply (gRPC `status`) for `token` to the
+    /// context that made the call.
+    fn count_reply(&self, token: u32, status: u32, body: Vec<u8>) {
+        let owner = self.host.counts_sent.borrow()[(token - 1001) as usize].0;
+        let stream = self.streams.borrow().get(&owner).cloned().unwrap();
+        *self.host.count_reply.borrow_mut() = body;
+        self.host.ctx.set(owner);
+        let size = self.host.count_reply.borrow().len();
+        stream
+            .borrow_mut()
+            .on_count_reply(&self.host, token, status, size);
+    }
+
+    fn remember(&self, id: u32, s: &Rc<RefCell<Stream>>) {
+        self.streams.borrow_mut().insert(id, Rc::clone(s));
+    }
+
+    /// A request whose key is cached already (a first request's callout).
+    fn warm(&self) {
+        let (id, s, _) = self.bearer(EXP_SEARCH);
+        self.remember(id, &s);
+        self.reply(id, &s, Some(200), RW);
+        let token = 1000 + self.host.counts_sent.borrow().len() as u32;
+        self.count_reply(token, 0, rls_reply::of(false, 999));
+    }
+}
+
+#[test]
+fn global_mode_asks_the_service_once_per_request_with_the_keys_limit() {
+    let rig = Rig::new(GLOBAL);
+    rig.warm();
+    let (id, s, flow) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    assert_eq!(flow, Flow::Pause, "a cache hit waits for the count");
+    let sent = rig.host.counts_sent.borrow().clone();
+    assert_eq!(sent.len(), 2);
+    let (ctx, target, message) = &sent[1];
+    assert_eq!(*ctx, id);
+    assert_eq!(target, &crate::rls::target("hokusai_ratelimit").unwrap());
+    let (entries, limit) = rls_reply::read(message);
+    assert_eq!(limit, 1000);
+    assert!(
+        entries.contains(&("key_id".into(), "k_1".into())),
+        "{entries:?}"
+    );
+    rig.count_reply(1002, 0, rls_reply::of(false, 7));
+    assert!(rig.host.resumed.borrow().contains(&id));
+    rig.host.ctx.set(id);
+    s.borrow_mut().on_response_headers(&rig.host);
+    let rh = rig
+        .host
+        .response_headers
+        .borrow()
+        .get(&id)
+        .cloned()
+        .unwrap();
+    assert!(
+        rh.contains(&("x-ratelimit-remaining".into(), "7".into())),
+        "{rh:?}"
+    );
+    assert_eq!(rig.host.count_of(Counter::RateLimitCall), 2);
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn global_over_limit_is_429_with_the_services_window() {
+    let rig = Rig::new(GLOBAL);
+    rig.warm();
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    rig.count_reply(1002, 0, rls_reply::of(true, 0));
+    let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
+    assert_eq!(r.status, 429);
+    assert!(r.headers.contains(&("x-ratelimit-remaining", "0".into())));
+    assert!(
+        r.headers.contains(&("retry-after", "120".into())),
+        "{:?}",
+        r.headers
+    );
+}
+
+#[test]
+fn a_key_without_key_id_is_counted_by_a_short_hash_never_the_key() {
+    let rig = Rig::new(GLOBAL);
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    rig.reply(
+        id,
+        &s,
+        Some(200),
+        r#"{"scopes": ["mlflow:read"], "rate_limit_per_hour": 40}"#,
+    );
+    let (entries, limit) = rls_reply::read(&rig.host.counts_sent.borrow()[0].2);
+    assert_eq!(limit, 40);
+    let owner = &entries.iter().find(|(k, _)| k == "key_id").unwrap().1;
+    assert_eq!(owner.len(), 16, "8 bytes of the digest, in hex");
+    assert!(!KEY.contains(owner.as_str()));
+}
+
+#[test]
+fn each_failure_mode_does_what_it_says() {
+    for (mode, status, counter) in [
+        ("local", None, Counter::RateLimitFallbackLocal),
+        ("allow", None, Counter::RateLimitFallbackAllow),
+        ("deny", Some(503), Counter::RateLimitFallbackDeny),
+    ] {
+        let rig = Rig::new(&format!(
+            r#", "rate_limit": {{"mode": "global", "cluster": "hokusai_ratelimit", "failure_mode": "{mode}"}}"#
+        ));
+        rig.warm();
+        // A gRPC error (14: UNAVAILABLE, also what a timeout gives).
+        let (id, s, _) = rig.bearer(EXP_SEARCH);
+        rig.remember(id, &s);
+        rig.count_reply(1002, 14, Vec::new());
+        assert_eq!(rig.host.status(id), status, "{mode}");
+        // A refused dispatch decides at once.
+        rig.host.refuse_grpc.set(true);
+        let (id, _, flow) = rig.bearer(EXP_SEARCH);
+        let expected = if status.is_some() {
+            Flow::Pause
+        } else {
+            Flow::Continue
+        };
+        assert_eq!((flow, rig.host.status(id)), (expected, status), "{mode}");
+        assert_eq!(rig.host.count_of(counter), 2, "{mode}");
+        assert_eq!(rig.host.count_of(Counter::RateLimitError), 2, "{mode}");
+        if mode == "local" {
+            let local = rig
+                .host
+                .shared
+                .borrow()
+                .keys()
+                .any(|k| k.contains(".rate."));
+            assert!(local, "counted in shared data instead");
+        }
+    }
+}
+
+#[test]
+fn waiters_are_counted_by_the_leaders_context_which_answers_last() {
+    let rig = Rig::new(GLOBAL);
+    let (lead, ls, _) = rig.bearer(EXP_SEARCH);
+    let (w1, ws1, _) = rig.bearer(EXP_SEARCH);
+    let (w2, ws2, _) = rig.bearer(RUNS_CREATE);
+    for (id, s) in [(lead, &ls), (w1, &ws1), (w2, &ws2)] {
+        rig.remember(id, s);
+    }
+    rig.reply(lead, &ls, Some(200), RW);
+    let sent = rig.host.counts_sent.borrow().clone();
+    assert_eq!(sent.len(), 3);
+    assert!(
+        sent.iter().all(|(ctx, _, _)| *ctx == lead),
+        "all from the leader's context"
+    );
+    assert!(rig.host.resumed.borrow().is_empty());
+    // The leader's own count (the last call) comes first: it still waits.
+    rig.count_reply(1003, 0, rls_reply::of(false, 5));
+    assert!(rig.host.resumed.borrow().is_empty());
+    rig.count_reply(1001, 0, rls_reply::of(false, 6));
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[w1]);
+    rig.count_reply(1002, 0, rls_reply::of(true, 0));
+    assert_eq!(rig.host.status(w2), Some(429));
+    assert_eq!(rig.host.resumed.borrow().as_slice(), &[w1, lead]);
+}
+
+#[test]
+fn a_leader_that_goes_away_leaves_its_waiters_the_failure_mode() {
+    let rig = Rig::new(
+        r#", "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit", "failure_mode": "deny"}"#,
+    );
+    let (lead, ls, _) = rig.bearer(EXP_SEARCH);
+    let (w, ws, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(w, &ws);
+    rig.reply(lead, &ls, Some(200), RW);
+    rig.done(lead, &ls);
+    assert_eq!(rig.host.status(w), Some(503));
+    // The reply that comes anyway finds nothing to do.
+    rig.remember(lead, &ls);
+    rig.count_reply(1001, 0, rls_reply::of(false, 1));
+    assert!(rig.host.resumed.borrow().is_empty());
 }

@@ -101,6 +101,18 @@ pub trait Host {
     /// The `:status` of the callout reply being delivered (None: no headers,
     /// i.e. timeout or reset) and at most `max` bytes of its body.
     fn callout_reply(&self, body_size: usize, max: usize) -> (Option<u16>, Vec<u8>);
+    /// Starts a unary gRPC call to `target` (a serialized
+    /// `envoy.config.core.v3.GrpcService`); None if the host refused it.
+    fn dispatch_grpc(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32>;
+    /// At most `max` bytes of the gRPC reply being delivered (empty if larger).
+    fn grpc_reply(&self, size: usize, max: usize) -> Vec<u8>;
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// False on a CAS mismatch or any other refusal.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;

@@ -28,6 +28,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod reply;
 pub mod rewrite;
+pub mod rls;
 pub mod routes;
 pub mod sections;
 pub mod slots;

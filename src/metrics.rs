@@ -47,6 +47,12 @@ counters! {
     CalloutErrorTooLarge => "callout.error.too_large",
     CalloutErrorNotJsonObject => "callout.error.not_json_object",
     CalloutErrorBadFields => "callout.error.bad_fields",
+    RateLimitCall => "ratelimit.call",
+    RateLimitError => "ratelimit.error",
+    RateLimitNotApplied => "ratelimit.not_applied",
+    RateLimitFallbackLocal => "ratelimit.fallback.local",
+    RateLimitFallbackAllow => "ratelimit.fallback.allow",
+    RateLimitFallbackDeny => "ratelimit.fallback.deny",
 }
 
 /// Histogram of callout latency in milliseconds.

@@ -86,6 +86,10 @@ impl Context for Http {
         self.with(|s, h| s.on_callout_reply(h, body_size));
     }
 
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        self.with(|s, h| s.on_count_reply(h, token, status, size));
+    }
+
     fn on_done(&mut self) -> bool {
         self.with(|s, h| s.on_done(h));
         true

@@ -85,7 +85,7 @@ fn tag(scope: &str, owner: &[u8]) -> u64 {
     h.finish()
 }
 
-fn window_end(now_s: u64) -> u64 {
+pub fn window_end(now_s: u64) -> u64 {
     (now_s / WINDOW_SECONDS + 1) * WINDOW_SECONDS
 }
 

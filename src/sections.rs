@@ -4,7 +4,8 @@
 //! where in the document a section sits.
 
 use crate::config::{
-    AuthService, CacheConfig, Challenge, KeyForm, RateLimitConfig, Scheme, ScopeConfig, Source,
+    AuthService, CacheConfig, Challenge, FailureMode, GlobalLimit, KeyForm, LimitMode,
+    RateLimitConfig, Scheme, ScopeConfig, Source,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -110,6 +111,16 @@ pub struct RawRateLimit {
     #[serde(default = "default_slots")]
     slots: u32,
     scope: Option<String>,
+    #[serde(default = "default_limit_mode")]
+    mode: LimitMode,
+    /// `global`: the rate limit service's Envoy cluster.
+    cluster: Option<String>,
+    #[serde(default = "default_limit_domain")]
+    domain: String,
+    #[serde(default = "default_limit_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_failure_mode")]
+    failure_mode: FailureMode,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +221,18 @@ fn default_scheme() -> Scheme {
 }
 fn default_realm() -> String {
     "hokusai".into()
+}
+fn default_limit_mode() -> LimitMode {
+    LimitMode::Local
+}
+fn default_limit_domain() -> String {
+    "hokusai-mlflow".into()
+}
+fn default_limit_timeout_ms() -> u64 {
+    20
+}
+fn default_failure_mode() -> FailureMode {
+    FailureMode::Local
 }
 fn default_whoami_path() -> String {
     "/_hokusai/whoami".into()
@@ -416,10 +439,48 @@ pub fn rate_limit(
     )?;
     let scope = r.scope.unwrap_or_else(|| default_scope.to_string());
     nonempty(at, "rate_limit.scope", &scope)?;
+    let global = match r.mode {
+        LimitMode::Local => None,
+        LimitMode::Global => Some(global_limit(
+            at,
+            r.cluster,
+            r.domain,
+            r.timeout_ms,
+            r.failure_mode,
+        )?),
+    };
     Ok(Some(RateLimitConfig {
         default_per_hour: r.default_per_hour,
         scope,
+        global,
     }))
+}
+
+fn global_limit(
+    at: At,
+    cluster: Option<String>,
+    domain: String,
+    timeout_ms: u64,
+    failure_mode: FailureMode,
+) -> Result<GlobalLimit, String> {
+    let cluster = cluster.unwrap_or_default();
+    nonempty(at, "rate_limit.cluster", &cluster)?;
+    nonempty(at, "rate_limit.domain", &domain)?;
+    no_controls(at, "rate_limit.domain", &domain)?;
+    range(at, "rate_limit.timeout_ms", timeout_ms, 5, 5_000)?;
+    let target = crate::rls::target(&cluster).ok_or_else(|| {
+        at.err(
+            "rate_limit.cluster",
+            "must be ASCII and at most 100 characters",
+        )
+    })?;
+    Ok(GlobalLimit {
+        target,
+        cluster,
+        domain,
+        timeout: Duration::from_millis(timeout_ms),
+        failure_mode,
+    })
 }
 
 pub fn challenge(at: At, c: RawChallenge) -> Result<Challenge, String> {

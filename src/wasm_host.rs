@@ -20,6 +20,7 @@ const MAP_REQUEST_HEADERS: u32 = 0;
 const MAP_RESPONSE_HEADERS: u32 = 2;
 const MAP_CALLOUT_RESPONSE_HEADERS: u32 = 6;
 const BUFFER_CALLOUT_RESPONSE_BODY: u32 = 4;
+const BUFFER_GRPC_RECEIVE: u32 = 5;
 const STREAM_REQUEST: u32 = 0;
 const METRIC_COUNTER: u32 = 0;
 const METRIC_HISTOGRAM: u32 = 2;
@@ -315,6 +316,42 @@ impl Host for WasmHost {
         };
         let body = unsafe { owned(data, size) };
         (status, if rc == OK { body } else { Vec::new() })
+    }
+
+    fn dispatch_grpc(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        // Through the SDK, which must know the token to route the reply.
+        proxy_wasm::hostcalls::dispatch_grpc_call(
+            target,
+            service,
+            method,
+            Vec::new(),
+            Some(message),
+            timeout,
+        )
+        .ok()
+    }
+
+    fn grpc_reply(&self, size: usize, max: usize) -> Vec<u8> {
+        if size == 0 || size > max {
+            return Vec::new();
+        }
+        let (mut data, mut got) = (null_mut(), 0usize);
+        // SAFETY: the host writes a buffer it allocated with our allocator.
+        let rc =
+            unsafe { proxy_get_buffer_bytes(BUFFER_GRPC_RECEIVE, 0, max, &mut data, &mut got) };
+        let body = unsafe { owned(data, got) };
+        if rc == OK {
+            body
+        } else {
+            Vec::new()
+        }
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {

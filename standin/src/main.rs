@@ -4,6 +4,7 @@
 
 mod echo;
 mod keys;
+mod ratelimit;
 mod server;
 
 use std::io::Write;
@@ -38,6 +39,17 @@ enum Command {
         #[arg(long)]
         listen: String,
     },
+    /// A rate limit service counting in Redis as envoyproxy/ratelimit does.
+    Ratelimit {
+        #[arg(long)]
+        listen: String,
+        /// The Redis URL, e.g. redis://127.0.0.1:6379/.
+        #[arg(long)]
+        redis: String,
+        /// The one domain it has a configuration for.
+        #[arg(long, default_value = "hokusai-mlflow")]
+        domain: String,
+    },
 }
 
 /// Binds and announces the address; the test harnesses wait for this line to
@@ -67,6 +79,15 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Echo { listen } => {
             let listener = bind(&listen).await?;
             server::serve(listener, Arc::new(echo::Echo::default())).await;
+        }
+        Command::Ratelimit {
+            listen,
+            redis,
+            domain,
+        } => {
+            let limiter = ratelimit::Limiter::new(domain, &redis)?;
+            let listener = bind(&listen).await?;
+            ratelimit::serve(listener, limiter).await?;
         }
     }
     Ok(())

@@ -27,7 +27,11 @@ use crate::validation::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
 use crate::verdict_cache::{Cached, Digest, Lookup, Namespace, VerdictCache};
 use crate::whoami::Whoami;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
+
+mod counting;
+use counting::CountCall;
 
 /// What the host should do with the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,8 @@ pub struct Worker {
     cache: VerdictCache,
     rate: RateLimiter,
     flights: RefCell<Flights<Waiter>>,
+    /// Rate limit service calls in flight, by token.
+    counts: RefCell<HashMap<u32, CountCall>>,
 }
 
 impl Worker {
@@ -63,6 +69,7 @@ impl Worker {
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
             flights: RefCell::default(),
+            counts: RefCell::default(),
             cfg,
         })
     }
@@ -100,8 +107,23 @@ enum State {
         digest: Digest,
         stale: Option<Identity>,
     },
+    /// Admitted but for the rate limit, which the rate limit service counts.
+    Counting {
+        id: Identity,
+        per_hour: u64,
+    },
     Done,
 }
+
+/// What admitting a request came to.
+enum Settled {
+    /// Decided here: forward with this identity, or refuse.
+    Now(Outcome),
+    /// To be counted by the rate limit service first.
+    Count(Identity),
+}
+
+type Outcome = Result<Identity, Denial>;
 
 pub struct Stream {
     id: u32,
@@ -123,6 +145,11 @@ pub struct Stream {
     window: Option<Window>,
     /// Read once per callback: one clock hostcall serves the whole decision.
     now_ms: u64,
+    /// Rate limit calls this stream's context made for its waiters, not
+    /// answered yet: the context must live until they are.
+    held: usize,
+    /// This stream's own outcome, kept until `held` is 0.
+    deferred: Option<Outcome>,
     finished: bool,
     /// None when the audit line is off.
     audit: Option<Box<Audit>>,
@@ -176,6 +203,8 @@ impl Stream {
                 cache: CacheState::None,
                 window: None,
                 now_ms: 0,
+                held: 0,
+                deferred: None,
                 finished: false,
                 audit,
             })
@@ -380,9 +409,16 @@ impl Stream {
         }
         worker.cache.store(host, &digest, &verdict, self.now_ms);
         let waiters = worker.flights.borrow_mut().land(&digest);
-        self.conclude(host, verdict.clone(), stale, true);
-        deliver(host, waiters, &verdict);
+        let own = self.settle(host, verdict.clone(), stale);
+        let counts = deliver(host, waiters, &verdict, true);
         host.switch_to(self.id);
+        self.count_for_waiters(host, counts);
+        match own {
+            Settled::Now(outcome) => self.finish(host, outcome),
+            Settled::Count(id) => {
+                self.count_globally(host, id, true);
+            }
+        }
     }
 
     pub fn on_response_headers<H: Host>(&mut self, host: &H) {
@@ -404,8 +440,9 @@ impl Stream {
             State::Waiting { digest, .. } => {
                 self.worker.flights.borrow_mut().leave(&digest, self.id);
             }
-            State::Start | State::Done => {}
+            State::Counting { .. } | State::Start | State::Done => {}
         }
+        self.abandon_counts(host);
         if let Some(line) = self.audit_line() {
             log::info!("{line}");
         }
@@ -417,7 +454,12 @@ impl Stream {
         let waiters = self.worker.flights.borrow_mut().land(digest);
         if !waiters.is_empty() {
             host.count(Counter::SingleFlightAbandoned);
-            deliver(host, waiters, &Verdict::Unavailable(Failure::NoReply));
+            deliver(
+                host,
+                waiters,
+                &Verdict::Unavailable(Failure::NoReply),
+                false,
+            );
             host.switch_to(self.id);
         }
     }
@@ -431,30 +473,53 @@ impl Stream {
         stale: Option<Identity>,
         resumed: bool,
     ) -> Flow {
+        match self.settle(host, verdict, stale) {
+            Settled::Now(outcome) => self.apply(host, outcome, resumed),
+            Settled::Count(id) => self.count_globally(host, id, resumed),
+        }
+    }
+
+    /// Forwards or refuses.
+    fn apply<H: Host>(&mut self, host: &H, outcome: Outcome, resumed: bool) -> Flow {
         self.state = State::Done;
-        match self.admit(host, verdict, stale) {
+        match outcome {
             Ok(id) => self.forward(host, &id, resumed),
             Err(denial) => self.deny(host, denial),
         }
     }
 
-    /// The key's identity, if its verdict, the endpoint's scopes and the
-    /// key's rate limit all let the request through.
-    fn admit<H: Host>(
-        &mut self,
-        host: &H,
-        verdict: Verdict,
-        stale: Option<Identity>,
-    ) -> Result<Identity, Denial> {
-        let id = self.identity(host, verdict, stale)?;
+    /// Applies an outcome reached after a pause, or keeps it until the
+    /// calls this context holds for others are answered.
+    fn finish<H: Host>(&mut self, host: &H, outcome: Outcome) {
+        if self.held > 0 {
+            self.deferred = Some(outcome);
+        } else {
+            self.apply(host, outcome, true);
+        }
+    }
+
+    /// What the verdict, the endpoint's scopes and the key's rate limit (if
+    /// counted here) say of the request.
+    fn settle<H: Host>(&mut self, host: &H, verdict: Verdict, stale: Option<Identity>) -> Settled {
+        self.state = State::Done;
+        let id = match self.identity(host, verdict, stale) {
+            Ok(id) => id,
+            Err(denial) => return Settled::Now(Err(denial)),
+        };
         if let Some(a) = self.audit_mut() {
             a.user_id = id.user_id.clone();
             a.key_id = id.key_id.clone();
         }
-        let scopes = &self.worker.cfg.policy_at(self.policy).scopes;
-        policy::check(self.class, &id, scopes).map_err(Denial::Forbidden)?;
-        self.count_rate(host, &id)?;
-        Ok(id)
+        let worker = Rc::clone(&self.worker);
+        let policy = worker.cfg.policy_at(self.policy);
+        if let Err(why) = policy::check(self.class, &id, &policy.scopes) {
+            return Settled::Now(Err(Denial::Forbidden(why)));
+        }
+        match &policy.rate_limit {
+            Some(limit) if limit.global.is_some() => Settled::Count(id),
+            Some(_) => Settled::Now(self.count_locally(host, &id).map(|()| id)),
+            None => Settled::Now(Ok(id)),
+        }
     }
 
     /// What the verdict says of the key; during an outage, a recently valid
@@ -480,9 +545,10 @@ impl Stream {
         }
     }
 
-    /// Counts the request in the key's window of the route's limit scope,
-    /// per `key_id` as the contract says (a key without one by its digest).
-    fn count_rate<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
+    /// Counts the request in this Envoy, in the key's window of the route's
+    /// limit scope, per `key_id` as the contract says (a key without one by
+    /// its digest).
+    fn count_locally<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
         let worker = Rc::clone(&self.worker);
         let Some(limit) = &worker.cfg.policy_at(self.policy).rate_limit else {
             return Ok(());
@@ -584,8 +650,17 @@ impl Stream {
     }
 }
 
-/// Gives the streams that waited on a callout the verdict it brought.
-fn deliver<H: Host>(host: &H, waiters: Vec<(u32, Waiter)>, verdict: &Verdict) {
+/// Gives the streams that waited on a callout the verdict it brought. Those
+/// the rate limit service must count are returned, for the caller's context
+/// to ask for them, when it can (`can_hold`); else they are treated as if
+/// the service had not answered.
+fn deliver<H: Host>(
+    host: &H,
+    waiters: Vec<(u32, Waiter)>,
+    verdict: &Verdict,
+    can_hold: bool,
+) -> Vec<(u32, Waiter)> {
+    let mut to_count = Vec::new();
     for (ctx, waiter) in waiters {
         let Some(stream) = waiter.upgrade() else {
             continue;
@@ -600,8 +675,21 @@ fn deliver<H: Host>(host: &H, waiters: Vec<(u32, Waiter)>, verdict: &Verdict) {
             State::Waiting { stale, .. } => stale,
             _ => None,
         };
-        s.conclude(host, verdict.clone(), stale, true);
+        match s.settle(host, verdict.clone(), stale) {
+            Settled::Now(outcome) => {
+                s.apply(host, outcome, true);
+            }
+            Settled::Count(id) if can_hold => {
+                s.await_count(id);
+                to_count.push((ctx, waiter));
+            }
+            Settled::Count(id) => {
+                let outcome = s.uncounted(host, id);
+                s.apply(host, outcome, true);
+            }
+        }
     }
+    to_count
 }
 
 /// `<mount>/_hokusai/whoami`: the policy's whoami path under a mount (the
