@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import string
@@ -149,13 +150,17 @@ def http_json(method: str, url: str, body=None, timeout: float = 10.0):
 
 
 class StandIn:
-    """The key-service stand-in (`keys`) or the echo upstream (`echo`)."""
+    """The key-service stand-in (`keys`), the echo upstream (`echo`) or the
+    rate limit service counting in Redis (`ratelimit`)."""
 
-    def __init__(self, kind: str, workdir: Path, keys: dict | None = None, name: str | None = None):
+    def __init__(self, kind: str, workdir: Path, keys: dict | None = None, name: str | None = None,
+                 redis_url: str | None = None, port: int = 0):
         if not STANDIN.exists():
             raise RuntimeError(f"{STANDIN} is missing: run `cargo build --release -p hokusai-standin`")
         name = name or f"standin-{kind}"
-        cmd = [str(STANDIN), kind, "--listen", "127.0.0.1:0"]
+        cmd = [str(STANDIN), kind, "--listen", f"127.0.0.1:{port}"]
+        if kind == "ratelimit":
+            cmd += ["--redis", redis_url]
         if kind == "keys":
             keys_file = workdir / f"{name}-keys.json"
             keys_file.write_text(json.dumps(keys if keys is not None else DEV_KEYS))
@@ -191,6 +196,44 @@ class StandIn:
         self.proc.stop()
 
 
+class Redis:
+    """A real redis-server (Debian's) on a free port, persisting nothing.
+    restart() brings it back on the same port, empty."""
+
+    def __init__(self, workdir: Path, name: str = "redis"):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing: run scripts/setup.sh")
+        self.cmd = [binary, "--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--logfile", str(workdir / f"{name}.log"), "--dir", str(workdir)]
+        self.workdir, self.name = workdir, name
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/"
+        self.start()
+
+    def start(self):
+        self.cmd[2] = str(self.port)
+        self.proc = Proc(self.name + "-proc", self.cmd, self.workdir)
+        wait_until("redis answering PING", self._pong, timeout=20)
+
+    def _pong(self) -> bool:
+        if not self.proc.alive():
+            raise Fatal(f"redis-server exited: {(self.workdir / f'{self.name}.log').read_text()[-1000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def stop(self):
+        self.proc.stop()
+
+
 def plugin_config(**overrides) -> dict:
     """The local plugin config with top-level sections merged over."""
     cfg = json.loads(PLUGIN_CONFIG.read_text())
@@ -211,7 +254,7 @@ class Envoy:
                  upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
-                 extra_args: list[str] | None = None, edit=None):
+                 extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None):
         if not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
         binary = envoy_binary()
@@ -229,6 +272,8 @@ class Envoy:
             "AUTH_MAX_CONNECTIONS": auth_limits[0],
             "AUTH_MAX_PENDING": auth_limits[1],
             "AUTH_MAX_REQUESTS": auth_limits[2],
+            # Nothing listens there unless a test starts a rate limit service.
+            "RATELIMIT_PORT": ratelimit_port or free_port(),
             **(extra_vars or {}),
         }
         rendered = string.Template(template.read_text()).substitute(values)
