@@ -2,7 +2,7 @@
 keys, a real MLflow server (sqlite, artifacts served by the server) and Envoy
 with the filter in front of it. Ctrl-C stops everything.
 
-    scripts/stack.sh [--port 8080] [--data .stack]
+    scripts/stack.sh [--port 8080] [--data .stack] [--replicas 2 --global-rate-limit]
 
 The --break-* switches each break one layer the way real deployments do
 (the verifier's tests use them; try scripts/verify.sh against each).
@@ -38,7 +38,14 @@ def parse_args():
     ap.add_argument("--break-key-service", action="store_true", help="the key service is unreachable")
     ap.add_argument("--tls-names", help="serve HTTPS with a self-signed certificate for these comma-separated "
                     "names (e.g. 127.0.0.1, or wrong.example for a name mismatch)")
-    return ap.parse_args()
+    ap.add_argument("--replicas", type=int, default=1, help="Envoy replicas on consecutive ports from --port "
+                    "(default 1), sharing the key service and MLflow")
+    ap.add_argument("--global-rate-limit", action="store_true", help="start Redis and the rate limit service and "
+                    "count every key's hourly limit across the replicas (rate_limit.mode global)")
+    args = ap.parse_args()
+    if not 1 <= args.replicas <= 8:
+        ap.error("--replicas: 1 to 8")
+    return args
 
 
 def switches_from(args) -> Switches:
@@ -46,7 +53,8 @@ def switches_from(args) -> Switches:
     return Switches(service_id=args.service_id, ajax_api=args.ajax_api, mount_prefixes=listed(args.mount_prefixes),
                     mlflow_allowed_hosts=args.mlflow_allowed_hosts, ajax_only=args.break_rest_api,
                     no_filter=args.break_no_filter, no_route=args.break_no_route,
-                    auth_down=args.break_key_service, tls_names=listed(args.tls_names))
+                    auth_down=args.break_key_service, tls_names=listed(args.tls_names),
+                    replicas=args.replicas, global_rate_limit=args.global_rate_limit)
 
 
 def dev_keys(data: Path) -> dict:
@@ -62,7 +70,7 @@ def banner(stack: LocalStack, data: Path, keys: dict) -> str:
     staging = next((k["key"] for k in keys["keys"] if k.get("service_id") == "ml-platform"),
                    "(no ml-platform key in dev-keys.json)")
     ca = f" --ca-file {stack.ca_file}" if stack.ca_file else ""
-    return f"""
+    return fleet(stack) + f"""
 The Hokusai MLflow gateway is up: {url}/api/mlflow  (Envoy admin: {gw.admin})
 Data, logs and the dev keys: {data}
 
@@ -92,6 +100,17 @@ Dev keys (stand-in only): read-write {rw}
                           staging    {staging}
 Routes: envoy-config/plugin-config.json (the API, UI and staging rules).
 Ctrl-C stops everything."""
+
+
+def fleet(stack: LocalStack) -> str:
+    """The replicas, when there are several."""
+    if len(stack.urls) == 1:
+        return ""
+    counting = ("one count per key across them (Redis " + stack.redis.url + ")" if stack.s.global_rate_limit
+                else "each counting its own rate limits")
+    lines = "\n".join(f"    replica {i}: {url}/api/mlflow  (Envoy admin: {e.admin})"
+                      for i, (url, e) in enumerate(zip(stack.urls, stack.envoys)))
+    return f"\n{len(stack.urls)} gateway replicas, {counting}:\n{lines}\n"
 
 
 def main():

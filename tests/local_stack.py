@@ -27,6 +27,8 @@ class Switches:
     auth_down: bool = False  # nothing listens where the key service should be
     mlflow_down: bool = False  # nothing listens where MLflow should be
     tls_names: list[str] | None = None  # HTTPS, with a certificate for these names
+    replicas: int = 1  # Envoy replicas, on consecutive ports
+    global_rate_limit: bool = False  # Redis + the rate limit service, rate_limit.mode "global"
 
     def plugin_config(self) -> dict:
         cfg = harness.plugin_config()
@@ -36,6 +38,10 @@ class Switches:
             cfg["mlflow"]["mount_prefixes"] = self.mount_prefixes
         if self.ajax_api:
             cfg["mlflow"]["ajax_api"] = True
+        if self.global_rate_limit:
+            # 100 ms, not 20: MLflow shares this machine, and a worker's first
+            # call opens its HTTP/2 connection.
+            cfg["rate_limit"] = {"mode": "global", "cluster": "hokusai_ratelimit", "timeout_ms": 100}
         return cfg
 
 
@@ -92,7 +98,11 @@ class LocalStack:
         try:
             self.keysvc = keysvc or self.own(harness.StandIn("keys", workdir, name=f"{name}-keys"))
             self.mlflow = self.mlflow_server(mlflow_dir or workdir / f"{name}-mlflow", mlflow)
-            self.start_envoy(workdir, name, listen_port)
+            self.ratelimit_port = self.rate_limit_service(workdir, name)
+            self.envoys, self.urls = [], []
+            for i in range(self.s.replicas):
+                self.start_envoy(workdir, f"{name}-{i}" if i else name, listen_port + i if listen_port else 0)
+            self.envoy, self.url = self.envoys[0], self.urls[0]
         except BaseException:
             self.stop()
             raise
@@ -109,16 +119,26 @@ class LocalStack:
         args = ["--allowed-hosts", self.s.mlflow_allowed_hosts] if self.s.mlflow_allowed_hosts else None
         return self.own(harness.MlflowServer(data, extra_args=args))
 
+    def rate_limit_service(self, workdir: Path, name: str) -> int | None:
+        """Redis and the rate limit service the replicas share (global mode)."""
+        if not self.s.global_rate_limit:
+            return None
+        self.redis = self.own(harness.Redis(workdir, name=f"{name}-redis"))
+        rls = self.own(harness.StandIn("ratelimit", workdir, redis_url=self.redis.url, name=f"{name}-ratelimit"))
+        return rls.port
+
     def start_envoy(self, workdir: Path, name: str, listen_port: int):
         tls_files = self_signed(workdir, self.s.tls_names) if self.s.tls_names else None
         self.ca_file = str(tls_files[0]) if tls_files else None
         upstream = self.mlflow.port if self.mlflow else harness.free_port()
         auth = harness.free_port() if self.s.auth_down else self.keysvc.port
-        self.envoy = self.own(harness.Envoy(workdir, upstream_port=upstream, auth_port=auth,
-                                            config=self.s.plugin_config(), listen_port=listen_port,
-                                            edit=gateway_edits(self.s, tls_files), name=f"{name}-envoy"))
+        envoy = self.own(harness.Envoy(workdir, upstream_port=upstream, auth_port=auth,
+                                       config=self.s.plugin_config(), listen_port=listen_port,
+                                       edit=gateway_edits(self.s, tls_files), name=f"{name}-envoy",
+                                       ratelimit_port=self.ratelimit_port))
         scheme = "https" if tls_files else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.envoy.port}"
+        self.envoys.append(envoy)
+        self.urls.append(f"{scheme}://127.0.0.1:{envoy.port}")
 
     def stop(self):
         for part in reversed(self.owned):

@@ -4,6 +4,7 @@ stand-in on a real Redis, as envoyproxy/ratelimit counts), or each on its
 own in the default local mode. Faults: Redis and the rate limit service
 stopped and started again, under each failure_mode."""
 
+import socket
 import time
 
 import pytest
@@ -47,7 +48,10 @@ def rls(workdir, redis):
     s.stop()
 
 
-def limit_config(mode, failure_mode="local", timeout_ms=100):
+def limit_config(mode, failure_mode="local", timeout_ms=1000):
+    # 1 s, not the 20 ms default: a worker's first call opens its HTTP/2
+    # connection, which on a loaded test machine can take longer, and the
+    # counting tests must not fall back. The hang test sets its own.
     section = {"mode": mode}
     if mode == "global":
         section.update(cluster="hokusai_ratelimit", failure_mode=failure_mode, timeout_ms=timeout_ms)
@@ -58,9 +62,9 @@ def limit_config(mode, failure_mode="local", timeout_ms=100):
 def replicas(start_envoy, rls):
     """Two Envoys with the same plugin config, sharing the key service and
     the rate limit service."""
-    def start(mode, **kw):
+    def start(mode, port=None, **kw):
         cfg = limit_config(mode, **kw)
-        return [start_envoy(cfg, ratelimit_port=rls.port) for _ in range(2)]
+        return [start_envoy(cfg, ratelimit_port=port or rls.port) for _ in range(2)]
     return start
 
 
@@ -172,4 +176,20 @@ def test_rate_limit_service_down_each_failure_mode(replicas, keys, rls, failure_
     # The service is back (same Redis, same window): counting goes on from
     # the one request it saw.
     assert [remaining(r) for r in spread(envoys, key, 2)] == [38, 37]
+    assert_healthy(envoys)
+
+
+def test_a_service_that_never_answers_costs_one_timeout(replicas, keys):
+    """A listener that accepts and never speaks: each request waits the
+    configured timeout_ms, then the failure mode decides."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        envoys = replicas("global", port=hole.getsockname()[1], failure_mode="deny", timeout_ms=200)
+        key = keys.new(rate_limit_per_hour=40)
+        for r in spread(envoys, key, 4):
+            assert r.status_code == 503 and r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    for e in envoys:
+        assert e.stat("cluster.hokusai_ratelimit.upstream_rq_timeout") == 2
+        assert e.stat("wasmcustom.hokusai_auth.ratelimit.fallback.deny") == 2
     assert_healthy(envoys)
