@@ -121,13 +121,18 @@ class Row:
     callouts: float = 0.0  # expected callouts per request
     identity: bool = False  # the upstream gets x-hokusai-user-id
     hides_key: bool = False  # the upstream never sees Authorization
+    global_limit: bool = False  # counts in the rate limit service (on Redis)
 
 
-def hokusai_config(rate_limit: bool = False, routes: bool = False) -> dict:
-    """The local plugin config, audit log off; rate limit as asked; its
-    per-route rules only when asked (so that the other rows can also time
-    builds from before there were rules)."""
-    cfg = harness.plugin_config(audit_log=False, rate_limit={"enabled": rate_limit})
+def hokusai_config(rate_limit: bool = False, routes: bool = False, global_limit: bool = False) -> dict:
+    """The local plugin config, audit log off; rate limit as asked (counted
+    by the rate limit service with global_limit); its per-route rules only
+    when asked (so that the other rows can also time builds from before
+    there were rules)."""
+    limit = {"enabled": rate_limit or global_limit}
+    if global_limit:
+        limit.update(mode="global", cluster="hokusai_ratelimit", timeout_ms=1000)
+    cfg = harness.plugin_config(audit_log=False, rate_limit=limit)
     if not routes:
         cfg.pop("routes", None)
     return cfg
@@ -159,6 +164,9 @@ def base_rows(hw: Path) -> list[Row]:
             auth=True, identity=True, hides_key=True),
         Row("hit_rl", "hokusai, cache hit, rate limit on", "hokusai", wasm=hw,
             config=hokusai_config(True), auth=True, identity=True, hides_key=True),
+        Row("hit_grl", "hokusai, cache hit, global rate limit (rate limit service on Redis)", "hokusai",
+            wasm=hw, config=hokusai_config(global_limit=True), auth=True, identity=True, hides_key=True,
+            global_limit=True),
         Row("hit_routes", "hokusai, cache hit, the local config's per-route rules (one selects by route name)",
             "hokusai", wasm=hw, config=hokusai_config(False, routes=True), auth=True, identity=True,
             hides_key=True),
@@ -283,6 +291,13 @@ class Ctx:
     runs: int = 0
     quiet_left: float = 0.0
     quiet_waited: float = 0.0
+    redis: harness.Redis | None = None
+    rls: harness.StandIn | None = None
+
+    def helper_ticks(self) -> int:
+        """CPU of the stand-ins (and Redis), in clock ticks."""
+        parts = [self.keysvc, self.echo, self.rls, self.redis]
+        return sum(proc_cpu_ticks(p.proc.p.pid) for p in parts if p is not None)
 
 
 def make_keys(workdir: Path, args) -> tuple[dict, Path, Path, Path, Path, list[str]]:
@@ -348,6 +363,7 @@ def start_envoy(ctx: Ctx, row: Row, name: str, concurrency: int = 1) -> harness.
         ctx.workdir, upstream_port=ctx.echo.port, auth_port=ctx.keysvc.port,
         config=row.config or hokusai_config(False), concurrency=concurrency,
         log_level="warning", template=template, extra_vars=extra, name=name,
+        ratelimit_port=ctx.rls.port if ctx.rls else None,
     )
 
 
@@ -413,13 +429,13 @@ def run_row(ctx: Ctx, row: Row, rnd: int) -> dict:
         ctx.echo.clear()
         s0 = envoy.stats("wasmcustom.hokusai_auth")
         t0, n0 = proc_cpu_ticks(pid), proc_sched_ns(pid)
-        k0 = proc_cpu_ticks(ctx.keysvc.proc.p.pid) + proc_cpu_ticks(ctx.echo.proc.p.pid)
+        k0 = ctx.helper_ticks()
         m0 = machine_busy()
         w0 = time.monotonic()
         r = wrk(ctx, envoy.port, keys_m, a.requests)
         wall = time.monotonic() - w0
         t1, n1 = proc_cpu_ticks(pid), proc_sched_ns(pid)
-        k1 = proc_cpu_ticks(ctx.keysvc.proc.p.pid) + proc_cpu_ticks(ctx.echo.proc.p.pid)
+        k1 = ctx.helper_ticks()
         m1 = machine_busy()
         st = ctx.keysvc.stats()
         s1 = envoy.stats("wasmcustom.hokusai_auth")
@@ -845,6 +861,9 @@ def main() -> int:
         echo = harness.StandIn("echo", workdir, name="bench-echo")
         ctx = Ctx(args, workdir, keysvc, echo, lua, one, warm, measure, lat, cold,
                   quiet_left=args.quiet_wait)
+        if any(r.global_limit for r in all_rows):
+            ctx.redis = harness.Redis(workdir, name="bench-redis")
+            ctx.rls = harness.StandIn("ratelimit", workdir, redis_url=ctx.redis.url, name="bench-ratelimit")
         reruns_left = args.reruns
         for rnd in range(1, args.rounds + 1):
             if time.monotonic() - started > args.budget_minutes * 60:
@@ -892,7 +911,7 @@ def main() -> int:
                 except (Failed, RuntimeError, TimeoutError, OSError, subprocess.TimeoutExpired) as e:
                     failures.append(f"perf profile of {name}: {e}")
     finally:
-        for s in (keysvc, echo):
+        for s in (keysvc, echo) + ((ctx.rls, ctx.redis) if ctx else ()):
             if s is not None:
                 s.stop()
 

@@ -161,7 +161,8 @@ def test_manifests_point_at_each_other():
         assert wp["spec"]["failStrategy"] == "FAIL_CLOSE" and wp["spec"]["phase"] == "AUTHN"
         assert wp["spec"]["url"].startswith("oci://")
 
-    (backend,), (patch,) = by_kind("Backend"), by_kind("EnvoyPatchPolicy")
+    (backend,), patches = by_kind("Backend"), patch_clusters()
+    patch = patches["hokusai_auth"]
     (jp,) = patch["spec"]["jsonPatches"]
     cluster = jp["operation"]["value"]
     assert jp["type"] == "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -172,8 +173,10 @@ def test_manifests_point_at_each_other():
     assert (sock["address"], sock["port_value"]) == (fqdn["hostname"], fqdn["port"])
     assert cluster["transport_socket"]["typed_config"]["sni"] == backend["spec"]["tls"]["sni"] == fqdn["hostname"]
     (gateway,), routes = by_kind("Gateway"), {r["metadata"]["name"]: r for r in by_kind("HTTPRoute")}
-    assert patch["spec"]["targetRef"]["kind"] == "Gateway"
-    assert patch["spec"]["targetRef"]["name"] == gateway["metadata"]["name"]  # the cluster lands on this Gateway
+    for p in patches.values():  # each cluster lands on this Gateway
+        assert p["spec"]["targetRef"]["kind"] == "Gateway"
+        assert p["spec"]["targetRef"]["name"] == gateway["metadata"]["name"]
+        assert p["metadata"]["namespace"] == gateway["metadata"]["namespace"]
     for eep in by_kind("EnvoyExtensionPolicy"):
         for ref in eep["spec"]["targetRefs"]:
             # The policy's HTTPRoutes hang off the patched Gateway, in the policy's namespace.
@@ -256,10 +259,34 @@ def test_bootstraps_define_the_cluster_their_plugin_config_names():
     assert json.loads(harness.PLUGIN_CONFIG.read_text())["auth"]["cluster"] in names
 
 
+def patch_clusters() -> dict:
+    """The EnvoyPatchPolicies by the one cluster each adds."""
+    out = {}
+    for p in by_kind("EnvoyPatchPolicy"):
+        (jp,) = p["spec"]["jsonPatches"]
+        assert jp["operation"]["op"] == "add" and jp["operation"]["path"] == ""
+        assert jp["name"] == jp["operation"]["value"]["name"]
+        out[jp["name"]] = p
+    assert set(out) == {"hokusai_auth", "hokusai_ratelimit"}, set(out)
+    return out
+
+
+def test_the_rate_limit_cluster_speaks_http2():
+    """gRPC: a cluster without HTTP/2 fails every ShouldRateLimit call."""
+    cluster = patch_clusters()["hokusai_ratelimit"]["spec"]["jsonPatches"][0]["operation"]["value"]
+    prod = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", (ROOT / "envoy-config/production.yaml").read_text()))
+    local = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", (ROOT / "envoy-config/local.yaml").read_text()))
+    found = [cluster] + [c for b in (prod, local) for c in b["static_resources"]["clusters"]
+                         if c["name"] == "hokusai_ratelimit"]
+    assert len(found) == 3, "the Envoy Gateway patch, production.yaml and local.yaml each define it"
+    for c in found:
+        opts = c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert "http2_protocol_options" in opts["explicit_http_config"], c["name"]
+
+
 def test_envoy_gateway_patch_cluster_passes_envoy_validate(tmp_path):
-    (patch,) = by_kind("EnvoyPatchPolicy")
-    cluster = patch["spec"]["jsonPatches"][0]["operation"]["value"]
-    boot = {"static_resources": {"clusters": [cluster]}}
+    clusters = [p["spec"]["jsonPatches"][0]["operation"]["value"] for p in patch_clusters().values()]
+    boot = {"static_resources": {"clusters": clusters}}
     path = tmp_path / "patch-cluster.yaml"
     path.write_text(json.dumps(boot))
     r = envoy_validate(path)
