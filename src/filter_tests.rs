@@ -163,6 +163,15 @@ impl Host for FakeHost {
 }
 
 impl FakeHost {
+    /// The filter added `name: value` to the response of stream `id`.
+    fn assert_response_header(&self, id: u32, name: &str, value: &str) {
+        let all = self.response_headers.borrow();
+        let headers = all.get(&id).cloned().unwrap_or_default();
+        assert!(
+            headers.contains(&(name.into(), value.into())),
+            "{headers:?}"
+        );
+    }
     fn header(&self, ctx: u32, name: &str) -> Option<String> {
         self.headers.borrow().get(&ctx).and_then(|h| {
             h.iter()
@@ -655,18 +664,10 @@ fn rate_limit_counts_per_key_and_reports_remaining() {
     );
     rig.host.ctx.set(id);
     s.borrow_mut().on_response_headers(&rig.host);
-    let rh = rig
-        .host
-        .response_headers
-        .borrow()
-        .get(&id)
-        .cloned()
-        .unwrap();
-    assert!(
-        rh.contains(&("x-ratelimit-remaining".into(), "1".into())),
-        "{rh:?}"
-    );
-    assert!(rh.contains(&("x-ratelimit-limit".into(), "2".into())));
+    rig.host
+        .assert_response_header(id, "x-ratelimit-remaining", "1");
+    rig.host
+        .assert_response_header(id, "x-ratelimit-limit", "2");
     assert_eq!(rig.bearer(EXP_SEARCH).2, Flow::Continue);
     let (id, _, _) = rig.bearer(EXP_SEARCH);
     let r = rig.host.replies.borrow().get(&id).cloned().unwrap();
@@ -1022,34 +1023,12 @@ fn whoami_needs_a_key_and_can_be_switched_off_per_route() {
 const GLOBAL: &str = r#", "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit"}"#;
 
 mod rls_reply {
-    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-        rate_limit::Unit, Code, DescriptorStatus, RateLimit,
-    };
-    use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
     use prost::Message;
 
     /// What the service answers: `remaining` after this hit, or over.
     pub fn of(over: bool, remaining: u32) -> Vec<u8> {
-        let code = if over { Code::OverLimit } else { Code::Ok };
-        RateLimitResponse {
-            overall_code: code as i32,
-            statuses: vec![DescriptorStatus {
-                code: code as i32,
-                current_limit: Some(RateLimit {
-                    requests_per_unit: 1000,
-                    unit: Unit::Hour as i32,
-                    ..Default::default()
-                }),
-                limit_remaining: remaining,
-                duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
-                    seconds: 120,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
+        crate::rls::fixtures::reply(over, 1000, remaining, 120)
     }
 
     /// The descriptor's entries and limit override of a sent request.
@@ -1116,17 +1095,8 @@ fn global_mode_asks_the_service_once_per_request_with_the_keys_limit() {
     assert!(rig.host.resumed.borrow().contains(&id));
     rig.host.ctx.set(id);
     s.borrow_mut().on_response_headers(&rig.host);
-    let rh = rig
-        .host
-        .response_headers
-        .borrow()
-        .get(&id)
-        .cloned()
-        .unwrap();
-    assert!(
-        rh.contains(&("x-ratelimit-remaining".into(), "7".into())),
-        "{rh:?}"
-    );
+    rig.host
+        .assert_response_header(id, "x-ratelimit-remaining", "7");
     assert_eq!(rig.host.count_of(Counter::RateLimitCall), 2);
     rig.assert_no_key_anywhere();
 }

@@ -172,6 +172,41 @@ pub fn answer(body: &[u8], per_hour: u64, now_s: u64) -> Option<Answer> {
     }))
 }
 
+/// Replies as the service sends them, built with `envoy-types`' generated
+/// messages (for this file's tests and the filter's).
+#[cfg(test)]
+pub mod fixtures {
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+        rate_limit::Unit, Code, DescriptorStatus, RateLimit,
+    };
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
+    use prost::Message;
+
+    /// `remaining` of `per_hour` left after this hit (or over), `reset_s` to go.
+    pub fn reply(over: bool, per_hour: u32, remaining: u32, reset_s: i64) -> Vec<u8> {
+        let code = if over { Code::OverLimit } else { Code::Ok };
+        RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![DescriptorStatus {
+                code: code as i32,
+                current_limit: Some(RateLimit {
+                    requests_per_unit: per_hour,
+                    unit: Unit::Hour as i32,
+                    ..Default::default()
+                }),
+                limit_remaining: remaining,
+                duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
+                    seconds: reset_s,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,33 +263,10 @@ mod tests {
         assert_eq!(again.encode_to_vec(), ours);
     }
 
-    fn reply(code: rls::rate_limit_response::Code, remaining: u32, reset_s: i64) -> Vec<u8> {
-        use rls::rate_limit_response::{rate_limit::Unit, DescriptorStatus, RateLimit};
-        rls::RateLimitResponse {
-            overall_code: code as i32,
-            statuses: vec![DescriptorStatus {
-                code: code as i32,
-                current_limit: Some(RateLimit {
-                    requests_per_unit: 40,
-                    unit: Unit::Hour as i32,
-                    ..Default::default()
-                }),
-                limit_remaining: remaining,
-                duration_until_reset: Some(envoy_types::pb::google::protobuf::Duration {
-                    seconds: reset_s,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
-
     #[test]
     fn replies_of_envoy_types_read_as_windows() {
         use rls::rate_limit_response::Code;
-        let ok = answer(&reply(Code::Ok, 39, 600), 40, 1000).unwrap();
+        let ok = answer(&fixtures::reply(false, 40, 39, 600), 40, 1000).unwrap();
         assert_eq!(
             ok,
             Answer::Counted(Window {
@@ -264,7 +276,7 @@ mod tests {
                 allowed: true
             })
         );
-        let over = answer(&reply(Code::OverLimit, 0, 5), 40, 1000).unwrap();
+        let over = answer(&fixtures::reply(true, 40, 0, 5), 40, 1000).unwrap();
         assert!(matches!(over, Answer::Counted(w) if !w.allowed && w.remaining == 0));
         let unknown_domain = rls::RateLimitResponse {
             overall_code: Code::Ok as i32,
