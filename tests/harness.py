@@ -7,6 +7,7 @@ benchmarks. Every wait is bounded; every process is stopped on close.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -403,6 +404,21 @@ class MlflowServer:
 
 
 SCENARIOS = ROOT / "tests/mlflow_scenarios.py"
+
+
+@contextlib.contextmanager
+def mlflow_gateway(workdir: Path, name: str, auth_port: int):
+    """A real MLflow behind Envoy with the filter; both stopped on exit, and
+    MLflow also when Envoy fails to start."""
+    server = MlflowServer(workdir / f"mlflow-{name}")
+    try:
+        gw = Envoy(workdir, upstream_port=server.port, auth_port=auth_port, name=f"envoy-{name}")
+        try:
+            yield gw
+        finally:
+            gw.stop()
+    finally:
+        server.stop()
 
 
 def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, big_mib=0, timeout=600):

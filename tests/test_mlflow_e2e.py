@@ -10,11 +10,8 @@ import harness
 
 @pytest.fixture(scope="module")
 def stack(workdir, keysvc):
-    server = harness.MlflowServer(workdir / f"mlflow-{uuid.uuid4().hex[:6]}")
-    gw = harness.Envoy(workdir, upstream_port=server.port, auth_port=keysvc.port, name="envoy-mlflow")
-    yield gw
-    gw.stop()
-    server.stop()
+    with harness.mlflow_gateway(workdir, f"e2e-{uuid.uuid4().hex[:6]}", keysvc.port) as gw:
+        yield gw
 
 
 def run_client(gw, scenario, mount="/api/mlflow", token=None, basic=None, big_mib=0, timeout=600):

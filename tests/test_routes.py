@@ -196,11 +196,8 @@ def test_a_bad_rule_is_rejected_at_load_naming_the_field(workdir, echo, keysvc):
 
 @pytest.fixture(scope="module")
 def ui_stack(workdir, keysvc):
-    server = harness.MlflowServer(workdir / f"mlflow-ui-{secrets.token_hex(3)}")
-    gw = harness.Envoy(workdir, upstream_port=server.port, auth_port=keysvc.port, name="envoy-ui")
-    yield gw
-    gw.stop()
-    server.stop()
+    with harness.mlflow_gateway(workdir, f"ui-{secrets.token_hex(3)}", keysvc.port) as gw:
+        yield gw
 
 
 @pytest.fixture(scope="module")
