@@ -694,26 +694,13 @@ mod tests {
                             {"match": {"host": "y"}, "rate_limit": {"mode": "local"}}]}"#,
         )
         .unwrap();
-        let g = c
-            .policy
-            .rate_limit
-            .as_ref()
-            .unwrap()
-            .global
-            .as_ref()
-            .unwrap();
+        let global = |p: &Policy| p.rate_limit.as_ref().unwrap().global.clone().unwrap();
+        let g = global(&c.policy);
         assert_eq!(g.cluster, "hokusai_ratelimit");
         assert_eq!(g.domain, "hokusai-mlflow");
         assert_eq!(g.timeout, Duration::from_millis(20));
         assert_eq!(g.failure_mode, FailureMode::Local);
-        let x = c
-            .policy_at(1)
-            .rate_limit
-            .as_ref()
-            .unwrap()
-            .global
-            .as_ref()
-            .unwrap();
+        let x = global(c.policy_at(1));
         assert_eq!(
             (x.failure_mode, x.timeout),
             (FailureMode::Deny, Duration::from_millis(100))

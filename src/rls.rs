@@ -15,6 +15,7 @@ pub const METHOD: &str = "ShouldRateLimit";
 /// `envoy.type.v3.RateLimitUnit.HOUR`.
 const HOUR: i32 = 3;
 /// `RateLimitResponse.Code`.
+const OK: i32 = 1;
 const OVER_LIMIT: i32 = 2;
 
 #[derive(Clone, PartialEq, Message)]
@@ -151,9 +152,13 @@ pub enum Answer {
     NotLimited,
 }
 
-/// Reads a reply; None when it is not one (the call then failed).
+/// Reads a reply; None when it is not one (the call then failed): also an
+/// empty body or an UNKNOWN code, which say nothing about the limit.
 pub fn answer(body: &[u8], per_hour: u64, now_s: u64) -> Option<Answer> {
     let reply = RateLimitResponse::decode(body).ok()?;
+    if reply.overall_code != OK && reply.overall_code != OVER_LIMIT {
+        return None;
+    }
     let status = reply.statuses.first();
     let applied = status.and_then(|s| s.current_limit.as_ref()).is_some();
     if !applied && reply.overall_code != OVER_LIMIT {
@@ -286,5 +291,7 @@ mod tests {
         .encode_to_vec();
         assert_eq!(answer(&unknown_domain, 40, 1000), Some(Answer::NotLimited));
         assert_eq!(answer(b"\xff\xff\xff", 40, 1000), None);
+        // Nothing read (an empty body decodes as all defaults) is no answer.
+        assert_eq!(answer(b"", 40, 1000), None);
     }
 }

@@ -202,19 +202,18 @@ class Redis:
     restart() brings it back on the same port, empty."""
 
     def __init__(self, workdir: Path, name: str = "redis"):
-        binary = shutil.which("redis-server")
-        if binary is None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             raise RuntimeError("redis-server is missing: run scripts/setup.sh")
-        self.cmd = [binary, "--port", "0", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                    "--logfile", str(workdir / f"{name}.log"), "--dir", str(workdir)]
         self.workdir, self.name = workdir, name
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/"
         self.start()
 
     def start(self):
-        self.cmd[2] = str(self.port)
-        self.proc = Proc(self.name + "-proc", self.cmd, self.workdir)
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--logfile", str(self.workdir / f"{self.name}.log"), "--dir", str(self.workdir)]
+        self.proc = Proc(self.name + "-proc", cmd, self.workdir)
         wait_until("redis answering PING", self._pong, timeout=20)
 
     def _pong(self) -> bool:

@@ -99,6 +99,9 @@ class LocalStack:
             self.keysvc = keysvc or self.own(harness.StandIn("keys", workdir, name=f"{name}-keys"))
             self.mlflow = self.mlflow_server(mlflow_dir or workdir / f"{name}-mlflow", mlflow)
             self.ratelimit_port = self.rate_limit_service(workdir, name)
+            # One certificate for every replica, so that one CA file fits them all.
+            self.tls_files = self_signed(workdir, self.s.tls_names) if self.s.tls_names else None
+            self.ca_file = str(self.tls_files[0]) if self.tls_files else None
             self.envoys, self.urls = [], []
             for i in range(self.s.replicas):
                 self.start_envoy(workdir, f"{name}-{i}" if i else name, listen_port + i if listen_port else 0)
@@ -128,15 +131,13 @@ class LocalStack:
         return rls.port
 
     def start_envoy(self, workdir: Path, name: str, listen_port: int):
-        tls_files = self_signed(workdir, self.s.tls_names) if self.s.tls_names else None
-        self.ca_file = str(tls_files[0]) if tls_files else None
         upstream = self.mlflow.port if self.mlflow else harness.free_port()
         auth = harness.free_port() if self.s.auth_down else self.keysvc.port
         envoy = self.own(harness.Envoy(workdir, upstream_port=upstream, auth_port=auth,
                                        config=self.s.plugin_config(), listen_port=listen_port,
-                                       edit=gateway_edits(self.s, tls_files), name=f"{name}-envoy",
+                                       edit=gateway_edits(self.s, self.tls_files), name=f"{name}-envoy",
                                        ratelimit_port=self.ratelimit_port))
-        scheme = "https" if tls_files else "http"
+        scheme = "https" if self.tls_files else "http"
         self.envoys.append(envoy)
         self.urls.append(f"{scheme}://127.0.0.1:{envoy.port}")
 
