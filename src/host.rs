@@ -54,6 +54,23 @@ impl Headers {
         Headers { buf, names, spans }
     }
 
+    /// Headers from (name, value) pairs, copied once into one buffer (the
+    /// native build reads them from Envoy this way); names that are not
+    /// UTF-8 are skipped.
+    pub fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Headers {
+        let mut h = Headers::default();
+        for (name, value) in pairs {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            let (ns, vs) = (h.names.len(), h.buf.len());
+            h.names.push_str(name);
+            h.buf.extend_from_slice(value);
+            h.spans.push((ns, h.names.len(), vs, h.buf.len()));
+        }
+        h
+    }
+
     /// The serialized form of `pairs` (for the validation request and fakes).
     pub fn serialize(pairs: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -156,5 +173,13 @@ mod tests {
         bad[at] = 0xff;
         assert_eq!(Headers::from_serialized(bad).iter().count(), 0);
         assert!(Headers::from_serialized(Vec::new()).iter().next().is_none());
+    }
+
+    #[test]
+    fn pairs_read_back_and_bad_names_are_skipped() {
+        let pairs: [(&[u8], &[u8]); 3] = [(b":path", b"/a"), (b"\xff", b"x"), (b"v", b"\xff\x00")];
+        let h = Headers::from_pairs(pairs.iter().copied());
+        let read: Vec<_> = h.iter().collect();
+        assert_eq!(read, vec![(":path", &b"/a"[..]), ("v", &b"\xff\x00"[..])]);
     }
 }

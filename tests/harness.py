@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 WASM = Path(os.environ.get("HOKUSAI_WASM", ROOT / "target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm"))
 STANDIN = Path(os.environ.get("HOKUSAI_STANDIN", ROOT / "target/release/hokusai-standin"))
 ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
+# Which build Envoy loads: "wasm" (the .wasm in Envoy's V8) or "native" (the
+# dynamic module). tests/test.sh runs the Envoy-level suite once per build.
+BUILD = os.environ.get("HOKUSAI_BUILD", "wasm")
+NATIVE = Path(os.environ.get("HOKUSAI_NATIVE", ROOT / "target/native/libhokusai_mlflow_auth_native.so"))
+NATIVE_MODULE = "hokusai_mlflow_auth_native"
 PLUGIN_CONFIG = ROOT / "envoy-config/plugin-config.json"
 
 # Dev keys: test keys only, never valid anywhere but the stand-in.
@@ -234,6 +239,25 @@ class Redis:
         self.proc.stop()
 
 
+def as_native(boot: dict) -> None:
+    """Swaps the bootstrap's wasm filter for the dynamic module, with the
+    same plugin JSON and the same stat names (metrics_namespace)."""
+    for listener in boot["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for hf in f.get("typed_config", {}).get("http_filters", []):
+                    if hf["name"] != "hokusai_auth":
+                        continue
+                    wasm = hf["typed_config"]["config"]
+                    hf["typed_config"] = {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                        "dynamic_module_config": {"name": NATIVE_MODULE, "do_not_close": True,
+                                                  "metrics_namespace": "wasmcustom"},
+                        "filter_name": "hokusai_auth",
+                        "filter_config": wasm["configuration"],
+                    }
+
+
 def plugin_config(**overrides) -> dict:
     """The local plugin config with top-level sections merged over."""
     cfg = json.loads(PLUGIN_CONFIG.read_text())
@@ -255,8 +279,12 @@ class Envoy:
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
                  extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None):
-        if not WASM.exists():
+        if BUILD not in ("wasm", "native"):
+            raise RuntimeError(f"HOKUSAI_BUILD={BUILD!r}: wasm or native")
+        if BUILD == "wasm" and not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
+        if BUILD == "native" and not NATIVE.exists():
+            raise RuntimeError(f"{NATIVE} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
         binary = envoy_binary()
         if not binary.exists():
             raise RuntimeError(f"no Envoy binary at {binary}: run scripts/setup.sh")
@@ -277,12 +305,15 @@ class Envoy:
             **(extra_vars or {}),
         }
         rendered = string.Template(template.read_text()).substitute(values)
-        if edit is not None:
+        if edit is not None or BUILD == "native":
             # A change to the bootstrap's structure (tests/local_stack.py).
             import yaml
 
             boot = yaml.safe_load(rendered)
-            edit(boot)
+            if edit is not None:
+                edit(boot)
+            if BUILD == "native":
+                as_native(boot)
             rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(rendered)
@@ -293,7 +324,7 @@ class Envoy:
             str(binary), "-c", str(self.config_path), "--concurrency", str(concurrency),
             "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
             "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *(extra_args or []),
-        ], workdir)
+        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)})
         self.log_path = self.proc.log_path
         try:
             admin = wait_until("Envoy admin address", self._admin_address, timeout=60)

@@ -1,0 +1,780 @@
+//! Envoy's dynamic-module ABI (ABI v0.2.0, Envoy 1.40): every `extern` and
+//! every `unsafe` of the native build. The declarations follow Envoy's
+//! `source/extensions/dynamic_modules/abi/abi.h`; only what the filter uses
+//! is declared. Each event hook catches unwinds: a panic fails its request
+//! closed (503) and never crosses into Envoy.
+
+use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
+use crate::host::NativeHost;
+use crate::module::{Filter, ModuleConfig, StatKind};
+use hokusai_mlflow_auth::filter::Worker;
+use hokusai_mlflow_auth::host::Headers;
+use hokusai_mlflow_auth::reply::Reply;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::os::raw::c_char;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::null;
+use std::rc::Rc;
+use std::sync::{Arc, Weak};
+
+/// The ABI this module is built for; Envoy warns on a mismatch.
+const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+// Enum values of abi.h.
+const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
+const CONTINUE: u32 = 0;
+const STOP_ITERATION: u32 = 1;
+const CALLOUT_INIT_SUCCESS: u32 = 0;
+const CALLOUT_SUCCESS: u32 = 0;
+const METRICS_SUCCESS: u32 = 0;
+const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+const ATTRIBUTE_XDS_ROUTE_NAME: u32 = 61;
+
+type EnvoyPtr = *mut c_void;
+type ModulePtr = *const c_void;
+
+/// `envoy_dynamic_module_type_{module,envoy}_buffer`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Buffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl Buffer {
+    fn of(bytes: &[u8]) -> Buffer {
+        Buffer {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+
+    const NULL: Buffer = Buffer {
+        ptr: null(),
+        length: 0,
+    };
+
+    /// SAFETY: the buffer must be valid for `'a` (Envoy's: until the hook returns).
+    unsafe fn bytes<'a>(self) -> &'a [u8] {
+        if self.ptr.is_null() || self.length == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(self.ptr, self.length)
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_{module,envoy}_http_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Header {
+    key: Buffer,
+    value: Buffer,
+}
+
+impl Header {
+    fn of(key: &str, value: &[u8]) -> Header {
+        Header {
+            key: Buffer::of(key.as_bytes()),
+            value: Buffer::of(value),
+        }
+    }
+}
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
+    fn envoy_dynamic_module_callback_http_get_headers_size(f: EnvoyPtr, kind: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(
+        f: EnvoyPtr,
+        kind: u32,
+        out: *mut Header,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        f: EnvoyPtr,
+        kind: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        f: EnvoyPtr,
+        kind: u32,
+        key: Buffer,
+        value: Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        f: EnvoyPtr,
+        status: u32,
+        headers: *const Header,
+        headers_size: usize,
+        body: Buffer,
+        details: Buffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: EnvoyPtr);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        f: EnvoyPtr,
+        callout_id: *mut u64,
+        cluster: Buffer,
+        headers: *const Header,
+        headers_size: usize,
+        body: Buffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        f: EnvoyPtr,
+        id: u32,
+        out: *mut Buffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: EnvoyPtr,
+        name: Buffer,
+        labels: *const Buffer,
+        labels_size: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config: EnvoyPtr,
+        name: Buffer,
+        labels: *const Buffer,
+        labels_size: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        f: EnvoyPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_size: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        f: EnvoyPtr,
+        id: usize,
+        labels: *const Buffer,
+        labels_size: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: EnvoyPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+}
+
+// ---------------------------------------------------------------- calls --
+
+/// One stream's `filter_envoy_ptr`, valid from `on_http_filter_new` until
+/// the stream is destroyed (the host forgets it then).
+#[derive(Clone, Copy)]
+pub struct EnvoyStream(EnvoyPtr);
+
+impl Envoy for EnvoyStream {
+    fn request_headers(&self) -> Headers {
+        // SAFETY: a live stream; `out` has room for the size Envoy gave.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADER);
+            let mut out = vec![Header::of("", b""); n];
+            if n == 0
+                || !envoy_dynamic_module_callback_http_get_headers(
+                    self.0,
+                    REQUEST_HEADER,
+                    out.as_mut_ptr(),
+                )
+            {
+                return Headers::default();
+            }
+            Headers::from_pairs(out.iter().map(|h| (h.key.bytes(), h.value.bytes())))
+        }
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let value = value.map_or(Buffer::NULL, |v| Buffer::of(v.as_bytes()));
+        // SAFETY: a live stream; Envoy copies the buffers.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                REQUEST_HEADER,
+                Buffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        // SAFETY: a live stream; Envoy copies the buffers.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                RESPONSE_HEADER,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            );
+        }
+    }
+
+    fn send_response(&self, reply: &Reply) {
+        let headers: Vec<Header> = reply
+            .headers
+            .iter()
+            .map(|(k, v)| Header::of(k, v.as_bytes()))
+            .collect();
+        // SAFETY: a live stream; Envoy copies the buffers.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                reply.status,
+                headers.as_ptr(),
+                headers.len(),
+                Buffer::of(reply.body.as_bytes()),
+                Buffer::of(b"hokusai_auth"),
+            );
+        }
+    }
+
+    fn continue_decoding(&self) {
+        // SAFETY: a live stream.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) };
+    }
+
+    fn callout(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u64> {
+        let headers: Vec<Header> = headers
+            .iter()
+            .map(|(k, v)| Header::of(k, v.as_bytes()))
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: a live stream; Envoy copies the buffers; `id` is a local.
+        let rc = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                Buffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                Buffer::of(body),
+                timeout_ms,
+            )
+        };
+        (rc == CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+
+    fn attribute(&self, which: Attribute) -> Option<String> {
+        let id = match which {
+            Attribute::SourceAddress => ATTRIBUTE_SOURCE_ADDRESS,
+            Attribute::RouteName => ATTRIBUTE_XDS_ROUTE_NAME,
+        };
+        let mut out = Buffer::NULL;
+        // SAFETY: a live stream; the value is Envoy's until the hook returns
+        // and is copied before that.
+        unsafe {
+            if !envoy_dynamic_module_callback_http_filter_get_attribute_string(self.0, id, &mut out)
+            {
+                return None;
+            }
+            String::from_utf8(out.bytes().to_vec()).ok()
+        }
+    }
+
+    fn increment(&self, counter: usize) {
+        // SAFETY: a live stream; no labels.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.0,
+                counter,
+                null(),
+                0,
+                1,
+            )
+        };
+    }
+
+    fn record(&self, histogram: usize, value: u64) {
+        // SAFETY: a live stream; no labels.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_record_histogram_value(
+                self.0,
+                histogram,
+                null(),
+                0,
+                value,
+            )
+        };
+    }
+
+    fn waker(&self) -> Option<Box<dyn Wake>> {
+        // SAFETY: a live stream.
+        let scheduler = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!scheduler.is_null()).then(|| Box::new(Scheduler(scheduler)) as Box<dyn Wake>)
+    }
+}
+
+/// Envoy's scheduler for one stream: a commit from any thread runs
+/// `on_http_filter_scheduled` on the stream's worker, or nothing if the
+/// stream is gone by then.
+struct Scheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler may be committed to and deleted from any thread.
+unsafe impl Send for Scheduler {}
+unsafe impl Sync for Scheduler {}
+
+impl Wake for Scheduler {
+    fn wake(&self) {
+        // SAFETY: live until dropped.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, 0) };
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
+    }
+}
+
+fn define(config: EnvoyPtr, kind: StatKind, name: &str) -> Option<usize> {
+    let mut id = 0usize;
+    // SAFETY: Envoy's config pointer, during on_http_filter_config_new.
+    let rc = unsafe {
+        match kind {
+            StatKind::Counter => envoy_dynamic_module_callback_http_filter_config_define_counter(
+                config,
+                Buffer::of(name.as_bytes()),
+                null(),
+                0,
+                &mut id,
+            ),
+            StatKind::Histogram => {
+                envoy_dynamic_module_callback_http_filter_config_define_histogram(
+                    config,
+                    Buffer::of(name.as_bytes()),
+                    null(),
+                    0,
+                    &mut id,
+                )
+            }
+        }
+    };
+    (rc == METRICS_SUCCESS).then_some(id)
+}
+
+// -------------------------------------------------------------- logging --
+
+struct EnvoyLogger;
+
+static LOGGER: EnvoyLogger = EnvoyLogger;
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // abi.h log levels: trace 0 … error 4.
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        match record.args().as_str() {
+            Some(text) => write_log(level, text),
+            None => write_log(level, &record.args().to_string()),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn write_log(level: u32, message: &str) {
+    // SAFETY: Envoy copies the message.
+    unsafe { envoy_dynamic_module_callback_log(level, Buffer::of(message.as_bytes())) };
+}
+
+// ---------------------------------------------------------- event hooks --
+
+/// Runs a hook; on a panic, `recover` (itself guarded: a second panic gives `last`).
+fn guard<R>(last: R, recover: impl FnOnce() -> R, hook: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(r) => r,
+        Err(_) => catch_unwind(AssertUnwindSafe(recover)).unwrap_or(last),
+    }
+}
+
+/// SAFETY: `fm` is a pointer `on_http_filter_new` returned, not yet destroyed.
+unsafe fn filter<'a>(fm: ModulePtr) -> Option<&'a Filter<EnvoyStream>> {
+    (fm as *const Filter<EnvoyStream>).as_ref()
+}
+
+type WorkerState = (
+    Weak<ModuleConfig>,
+    Option<Rc<Worker>>,
+    Rc<NativeHost<EnvoyStream>>,
+);
+
+thread_local! {
+    /// Each configuration's state on this worker thread, by its address
+    /// (the Weak keeps the address from being reused while listed).
+    static WORKERS: RefCell<HashMap<usize, WorkerState>> = RefCell::default();
+    static NEXT_CONTEXT: Cell<u32> = const { Cell::new(1) };
+}
+
+fn worker_state(config: &Arc<ModuleConfig>) -> (Option<Rc<Worker>>, Rc<NativeHost<EnvoyStream>>) {
+    let key = Arc::as_ptr(config) as usize;
+    WORKERS.with_borrow_mut(|workers| {
+        if let Some((alive, worker, host)) = workers.get(&key) {
+            if alive.strong_count() > 0 {
+                return (worker.clone(), Rc::clone(host));
+            }
+        }
+        workers.retain(|_, (alive, _, _)| alive.strong_count() > 0);
+        let (worker, host) = config.worker();
+        workers.insert(
+            key,
+            (Arc::downgrade(config), worker.clone(), Rc::clone(&host)),
+        );
+        (worker, host)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+    std::panic::set_hook(Box::new(|info| {
+        write_log(
+            4,
+            &format!("hokusai-auth: panic, the request fails closed: {info}"),
+        );
+    }));
+    ABI_VERSION.as_ptr().cast()
+}
+
+/// # Safety
+/// Called by Envoy with its config pointer and buffers valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: EnvoyPtr,
+    _name: Buffer,
+    config: Buffer,
+) -> ModulePtr {
+    guard(null(), null, || {
+        match ModuleConfig::new(config.bytes(), |kind, stat| {
+            define(config_envoy, kind, stat)
+        }) {
+            Ok(c) => Box::into_raw(Box::new(Arc::new(c))) as ModulePtr,
+            Err(e) => {
+                log::error!("hokusai-auth: configuration rejected: {e}");
+                null()
+            }
+        }
+    })
+}
+
+/// # Safety
+/// `config` is a pointer `on_http_filter_config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: ModulePtr) {
+    guard(
+        (),
+        || (),
+        || {
+            if !config.is_null() {
+                drop(Box::from_raw(config as *mut Arc<ModuleConfig>));
+            }
+        },
+    )
+}
+
+/// # Safety
+/// `config` is a live pointer `on_http_filter_config_new` returned.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config: ModulePtr,
+    stream: EnvoyPtr,
+) -> ModulePtr {
+    guard(null(), null, || {
+        let Some(config) = (config as *const Arc<ModuleConfig>).as_ref() else {
+            return null();
+        };
+        let (worker, host) = worker_state(config);
+        let ctx = NEXT_CONTEXT.replace(NEXT_CONTEXT.get().wrapping_add(1).max(1));
+        Box::into_raw(Box::new(Filter::new(
+            ctx,
+            EnvoyStream(stream),
+            worker,
+            host,
+        ))) as ModulePtr
+    })
+}
+
+/// # Safety
+/// `fm` is a live filter pointer.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    _f: EnvoyPtr,
+    fm: ModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    let Some(filter) = filter(fm) else {
+        return STOP_ITERATION;
+    };
+    guard(
+        STOP_ITERATION,
+        || {
+            filter.fail_closed();
+            STOP_ITERATION
+        },
+        || {
+            if filter.on_request_headers() {
+                CONTINUE
+            } else {
+                STOP_ITERATION
+            }
+        },
+    )
+}
+
+/// # Safety
+/// `fm` is a live filter pointer.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _f: EnvoyPtr,
+    fm: ModulePtr,
+    _end_of_stream: bool,
+) -> u32 {
+    if let Some(filter) = filter(fm) {
+        guard((), || filter.abandon(), || filter.on_response_headers());
+    }
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _eos: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _eos: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+) -> u32 {
+    CONTINUE
+}
+
+/// # Safety
+/// `fm` is a live filter pointer.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _f: EnvoyPtr,
+    fm: ModulePtr,
+) {
+    if let Some(filter) = filter(fm) {
+        guard((), || filter.abandon(), || filter.on_stream_complete());
+    }
+}
+
+/// # Safety
+/// `fm` is a filter pointer, destroyed here once.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: ModulePtr) {
+    if !fm.is_null() {
+        guard(
+            (),
+            || (),
+            || drop(Box::from_raw(fm as *mut Filter<EnvoyStream>)),
+        );
+    }
+}
+
+/// # Safety
+/// `fm` is a live filter pointer; headers and chunks are Envoy's for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _f: EnvoyPtr,
+    fm: ModulePtr,
+    _callout_id: u64,
+    result: u32,
+    headers: *const Header,
+    headers_size: usize,
+    chunks: *const Buffer,
+    chunks_size: usize,
+) {
+    let Some(filter) = filter(fm) else {
+        return;
+    };
+    guard(
+        (),
+        || filter.fail_closed(),
+        || {
+            let reply = if result == CALLOUT_SUCCESS {
+                callout_reply(headers, headers_size, chunks, chunks_size)
+            } else {
+                CalloutReply::default()
+            };
+            filter.on_callout_done(reply);
+        },
+    )
+}
+
+/// SAFETY: arrays Envoy passed to `http_callout_done`, valid for the call.
+unsafe fn callout_reply(
+    headers: *const Header,
+    n: usize,
+    chunks: *const Buffer,
+    m: usize,
+) -> CalloutReply {
+    let headers: &[Header] = if headers.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(headers, n)
+    };
+    let chunks: &[Buffer] = if chunks.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(chunks, m)
+    };
+    let status = headers
+        .iter()
+        .find(|h| h.key.bytes() == b":status")
+        .and_then(|h| std::str::from_utf8(h.value.bytes()).ok()?.parse().ok());
+    let body = chunks
+        .iter()
+        .flat_map(|c| c.bytes().iter().copied())
+        .collect();
+    CalloutReply { status, body }
+}
+
+/// # Safety
+/// `fm` is a live filter pointer.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _f: EnvoyPtr,
+    fm: ModulePtr,
+    _event_id: u64,
+) {
+    if let Some(filter) = filter(fm) {
+        guard((), || filter.fail_closed(), || filter.on_scheduled());
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _status: u32,
+    _details: Buffer,
+    _reset_imminent: bool,
+) -> u32 {
+    CONTINUE
+}
+
+// Hooks Envoy resolves but the filter has no use for: no streamed callouts,
+// no flow control, no per-route config object of its own (Envoy's generic
+// `FilterConfig` with `disabled: true` switches it off per route).
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _stream: u64,
+    _headers: *const Header,
+    _size: usize,
+    _end: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _stream: u64,
+    _data: *const Buffer,
+    _count: usize,
+    _end: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _stream: u64,
+    _trailers: *const Header,
+    _size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _stream: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+    _stream: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _f: EnvoyPtr,
+    _fm: ModulePtr,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: Buffer,
+    _config: Buffer,
+) -> ModulePtr {
+    null()
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: ModulePtr) {
+}

@@ -1,0 +1,195 @@
+//! The native build's filter: a configuration per Envoy filter config, and
+//! per request a thin shell around the core's `Stream`, as `plugin` is in
+//! the wasm build. Generic over `Envoy`, so that the tests drive it with a
+//! fake; `abi` drives it with Envoy.
+
+use crate::envoy::{CalloutReply, Envoy};
+use crate::host::{Call, Metrics, NativeHost};
+use hokusai_mlflow_auth::config::Config;
+use hokusai_mlflow_auth::denial::Denial;
+use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
+use hokusai_mlflow_auth::metrics::{Counter, CALLOUT_LATENCY};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// A filter configuration, checked once on Envoy's main thread; each
+/// worker thread builds its own `Worker` from it.
+pub struct ModuleConfig {
+    pub bytes: Vec<u8>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// A kind of stat to define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    Counter,
+    Histogram,
+}
+
+impl ModuleConfig {
+    /// Checks the plugin JSON as the wasm build does, and defines the stats
+    /// (Envoy allows that only now) with `define`.
+    pub fn new(
+        bytes: &[u8],
+        mut define: impl FnMut(StatKind, &str) -> Option<usize>,
+    ) -> Result<ModuleConfig, String> {
+        let cfg = Config::parse(bytes)?;
+        refuse_global_rate_limit(&cfg)?;
+        let metrics = Metrics {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| define(StatKind::Counter, c.name()))
+                .collect(),
+            latency: define(StatKind::Histogram, CALLOUT_LATENCY),
+        };
+        Ok(ModuleConfig {
+            bytes: bytes.to_vec(),
+            metrics: Arc::new(metrics),
+        })
+    }
+
+    /// This configuration's state for the calling worker thread.
+    pub fn worker<E: Envoy>(&self) -> (Option<Rc<Worker>>, Rc<NativeHost<E>>) {
+        // Checked in `new`: parsing again cannot fail.
+        let worker = Config::parse(&self.bytes)
+            .and_then(Worker::new)
+            .ok()
+            .map(Rc::new);
+        (worker, Rc::new(NativeHost::new(Arc::clone(&self.metrics))))
+    }
+}
+
+/// The rate limit service speaks gRPC, and dynamic modules have no gRPC
+/// callout: a configuration that needs it is refused, naming the rule.
+fn refuse_global_rate_limit(cfg: &Config) -> Result<(), String> {
+    match cfg
+        .policies()
+        .find(|p| p.rate_limit.as_ref().is_some_and(|l| l.global.is_some()))
+    {
+        Some(p) => Err(format!(
+            "rate_limit.mode: \"global\" (policy {}) needs the wasm build: \
+             Envoy's dynamic modules have no gRPC callout",
+            p.name
+        )),
+        None => Ok(()),
+    }
+}
+
+/// One request. Its methods take `&self`: Envoy re-enters the module from
+/// the calls `run_deferred` makes, so no `&mut` may be held across them.
+pub struct Filter<E: Envoy> {
+    ctx: u32,
+    envoy: E,
+    /// None if the configuration could not be built, or after a panic.
+    stream: RefCell<Option<Rc<RefCell<Stream>>>>,
+    host: Rc<NativeHost<E>>,
+    done: Cell<bool>,
+}
+
+impl<E: Envoy> Filter<E> {
+    pub fn new(ctx: u32, envoy: E, worker: Option<Rc<Worker>>, host: Rc<NativeHost<E>>) -> Self {
+        host.register(ctx, envoy.clone());
+        let stream = worker.map(|w| Stream::new(ctx, w));
+        Filter {
+            ctx,
+            envoy,
+            stream: RefCell::new(stream),
+            host,
+            done: Cell::new(false),
+        }
+    }
+
+    /// Runs `f` on the stream with hostcalls acting on it, then what the
+    /// core deferred (after the stream is let go).
+    fn with<R>(&self, f: impl FnOnce(&mut Stream, &NativeHost<E>) -> R) -> Option<R> {
+        self.host.enter(self.ctx, &self.envoy);
+        let stream = self.stream.borrow().clone()?;
+        let out = {
+            let mut s = stream.try_borrow_mut().ok()?;
+            f(&mut s, &self.host)
+        };
+        self.host.run_deferred();
+        Some(out)
+    }
+
+    /// True: let the request go on now.
+    pub fn on_request_headers(&self) -> bool {
+        match self.with(|s, h| s.on_request_headers(h)) {
+            Some(Flow::Continue) => true,
+            Some(Flow::Pause) => false,
+            None => {
+                self.refuse(&Denial::NotConfigured);
+                false
+            }
+        }
+    }
+
+    pub fn on_response_headers(&self) {
+        self.with(|s, h| s.on_response_headers(h));
+    }
+
+    /// This stream's callout answered: its joiners on other workers get the
+    /// same answer.
+    pub fn on_callout_done(&self, reply: CalloutReply) {
+        if let Some(Call::Own { flight, .. }) = self.host.take_call(self.ctx) {
+            crate::coalesce::Callouts::process().land(&flight, &reply);
+        }
+        self.answer(reply);
+    }
+
+    /// Woken: the flight this stream joined on another worker landed.
+    pub fn on_scheduled(&self) {
+        match self.host.take_call(self.ctx) {
+            Some(Call::Joined { flight, joiner }) => match joiner.take_reply() {
+                Some(reply) => self.answer(reply),
+                None => self
+                    .host
+                    .put_call(self.ctx, Call::Joined { flight, joiner }),
+            },
+            Some(other) => self.host.put_call(self.ctx, other),
+            None => {}
+        }
+    }
+
+    fn answer(&self, reply: CalloutReply) {
+        let size = reply.body.len();
+        self.host.deliver(reply);
+        self.with(|s, h| s.on_callout_reply(h, size));
+        self.host.deliver(CalloutReply::default());
+    }
+
+    /// The stream is over: the audit line, and the waiters of its callout.
+    pub fn on_stream_complete(&self) {
+        if self.done.replace(true) {
+            return;
+        }
+        self.with(|s, h| s.on_done(h));
+        self.host.unregister(self.ctx);
+    }
+
+    /// After a panic in the module: the request is refused with 503, as
+    /// when the key service is unavailable, and the stream is left alone.
+    pub fn fail_closed(&self) {
+        self.abandon();
+        self.refuse(&Denial::Unavailable);
+    }
+
+    /// After a panic outside the request's decision: the core's state may
+    /// be half-changed, so the stream is not touched again.
+    pub fn abandon(&self) {
+        self.stream.borrow_mut().take();
+    }
+
+    fn refuse(&self, denial: &Denial) {
+        self.host.enter(self.ctx, &self.envoy);
+        denial.send(self.host.as_ref());
+        self.host.run_deferred();
+    }
+}
+
+impl<E: Envoy> Drop for Filter<E> {
+    fn drop(&mut self) {
+        self.on_stream_complete();
+    }
+}

@@ -1,0 +1,73 @@
+//! The process-wide key-value store behind `Host::shared_get`/`shared_set`
+//! in the native build: what proxy-wasm's shared data is to the wasm build,
+//! with the same compare-and-swap rule. Every worker thread sees it, so a
+//! verdict cached on one worker is a hit on all. The lock is held only to
+//! copy a value in or out, never across a call into Envoy.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+#[derive(Default)]
+pub struct SharedData {
+    entries: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+}
+
+impl SharedData {
+    /// The one store of this process.
+    pub fn process() -> &'static SharedData {
+        static STORE: OnceLock<SharedData> = OnceLock::new();
+        STORE.get_or_init(SharedData::default)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Vec<u8>, u32)>> {
+        // A panic elsewhere cannot leave a half-written entry: values are
+        // replaced whole.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value and its version (never 0), if the key is set.
+    pub fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.lock().get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    /// Sets `key`; with `cas`, only if the key is unset or still at that
+    /// version (false otherwise).
+    pub fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let mut entries = self.lock();
+        match entries.get_mut(key) {
+            Some((_, current)) if cas.is_some_and(|c| c != *current) => false,
+            Some((old, current)) => {
+                old.clear();
+                old.extend_from_slice(value);
+                *current = current.wrapping_add(1).max(1);
+                true
+            }
+            None => {
+                entries.insert(key.to_string(), (value.to_vec(), 1));
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharedData;
+
+    #[test]
+    fn compare_and_swap_as_proxy_wasm_shared_data() {
+        let s = SharedData::default();
+        assert_eq!(s.get("k"), (None, None));
+        assert!(s.set("k", b"a", Some(7)), "an unset key takes any version");
+        let (v, cas) = s.get("k");
+        assert_eq!(v.as_deref(), Some(&b"a"[..]));
+        assert!(s.set("k", b"b", cas));
+        assert!(!s.set("k", b"c", cas), "a stale version is refused");
+        assert_eq!(s.get("k").0.as_deref(), Some(&b"b"[..]));
+        assert!(s.set("k", b"d", None), "no version: unconditional");
+        assert_eq!(s.get("k").0.as_deref(), Some(&b"d"[..]));
+    }
+}
