@@ -30,6 +30,8 @@ ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
 BUILD = os.environ.get("HOKUSAI_BUILD", "wasm")
 NATIVE = Path(os.environ.get("HOKUSAI_NATIVE", ROOT / "target/native/libhokusai_mlflow_auth_native.so"))
 NATIVE_MODULE = "hokusai_mlflow_auth_native"
+# The Envoy log component the filter's own lines appear under.
+FILTER_LOG = "wasm" if BUILD == "wasm" else "dynamic_modules"
 PLUGIN_CONFIG = ROOT / "envoy-config/plugin-config.json"
 
 # Dev keys: test keys only, never valid anywhere but the stand-in.

@@ -145,7 +145,7 @@ def test_no_byte_of_the_key_anywhere(start_envoy, keys, echo):
     """A distinctive key through every location and every route, valid and
     invalid: not upstream, not in any response, not in any filter log line at
     trace level, not in stats."""
-    e = start_envoy(log_level="info", extra_args=["--component-log-level", "wasm:trace"])
+    e = start_envoy(log_level="info", extra_args=["--component-log-level", f"{harness.FILTER_LOG}:trace"])
     valid = keys.new(prefix="hk_live_CANARYvalid")
     invalid = "hk_live_CANARYinvalid" + secrets.token_hex(8)
     echo.clear()
@@ -165,7 +165,7 @@ def test_no_byte_of_the_key_anywhere(start_envoy, keys, echo):
                 r = requests.post(e.url + path + query, headers={**headers, **host}, json={}, timeout=10)
                 responses.append(r.text + json.dumps(dict(r.headers)))
     stats = requests.get(e.admin + "/stats", timeout=10).text
-    filter_log = "\n".join(line for line in e.log_text().splitlines() if "[wasm]" in line)
+    filter_log = "\n".join(line for line in e.log_text().splitlines() if f"[{harness.FILTER_LOG}]" in line)
     assert "hokusai_auth" in filter_log, "the filter logged nothing at trace level"
     upstream = json.dumps(echo.requests())
     for key in (valid, invalid):

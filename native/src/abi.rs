@@ -113,6 +113,7 @@ extern "C" {
         details: Buffer,
     );
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(f: EnvoyPtr);
+    fn envoy_dynamic_module_callback_http_clear_route_cache(f: EnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_http_callout(
         f: EnvoyPtr,
         callout_id: *mut u64,
@@ -212,6 +213,11 @@ impl Envoy for EnvoyStream {
                 Buffer::of(value.as_bytes()),
             );
         }
+    }
+
+    fn clear_route_cache(&self) {
+        // SAFETY: a live stream.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) };
     }
 
     fn send_response(&self, reply: &Reply) {

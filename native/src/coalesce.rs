@@ -75,12 +75,9 @@ impl Callouts {
         fp: Fingerprint,
         waker: impl FnOnce() -> Option<Box<dyn Wake>>,
     ) -> Role {
-        {
-            let mut flights = self.lock();
-            if !flights.contains_key(&fp) {
-                flights.insert(fp, Vec::new());
-                return Role::Lead;
-            }
+        if let std::collections::hash_map::Entry::Vacant(e) = self.lock().entry(fp) {
+            e.insert(Vec::new());
+            return Role::Lead;
         }
         let Some(waker) = waker() else {
             return Role::Lead;

@@ -32,6 +32,8 @@ pub trait Envoy: Clone {
     /// Replaces every value of `name`, or removes them all with None.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     fn add_response_header(&self, name: &str, value: &str);
+    /// Makes Envoy match the route again (after a `:path` rewrite).
+    fn clear_route_cache(&self);
     fn send_response(&self, reply: &Reply);
     fn continue_decoding(&self);
     /// Starts a callout; its id, or None if Envoy refused it.

@@ -165,7 +165,14 @@ impl<E: Envoy> Host for NativeHost<E> {
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
-        self.with_current(|_, e| e.set_request_header(name, value));
+        self.with_current(|_, e| {
+            e.set_request_header(name, value);
+            // As the wasm host does on a `:path` change: the route is chosen
+            // again for the path the upstream will serve.
+            if name == ":path" {
+                e.clear_route_cache();
+            }
+        });
     }
 
     fn add_response_header(&self, name: &str, value: &str) {

@@ -1,1 +1,334 @@
+//! The native adapter against a fake Envoy: the calls it makes, their
+//! order (nothing re-entrant while the core holds a stream), single-flight
+//! across workers, and a panic's 503.
 
+use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
+use crate::host::NativeHost;
+use crate::module::{Filter, ModuleConfig, StatKind};
+use hokusai_mlflow_auth::host::Headers;
+use hokusai_mlflow_auth::reply::Reply;
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+const CONFIG: &str = r#"{"auth": {"cluster": "hokusai_auth", "service_id": "platform"},
+                         "mlflow": {"mount_prefixes": ["/api/mlflow"]}}"#;
+const GRANT: &[u8] = br#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read"]}"#;
+
+/// What the fake saw, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Set(String, Option<String>),
+    Send(u32, String),
+    Continue,
+    RouteAgain,
+    Callout(String),
+    Increment(usize),
+}
+
+#[derive(Default)]
+struct Stream {
+    headers: Vec<(String, String)>,
+    calls: RefCell<Vec<Call>>,
+    /// The filter, for the fake to re-enter it as Envoy does.
+    filter: RefCell<Weak<Filter<Fake>>>,
+    wakes: Arc<AtomicUsize>,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Rc<Stream>);
+
+impl Fake {
+    fn new(key: &str, path: &str) -> Fake {
+        let headers = [
+            (":method", "GET"),
+            (":path", path),
+            (":authority", "gw"),
+            ("authorization", &format!("Bearer {key}")),
+        ];
+        Fake(Rc::new(Stream {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Stream::default()
+        }))
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.0.calls.borrow().clone()
+    }
+
+    fn note(&self, call: Call) {
+        self.0.calls.borrow_mut().push(call);
+    }
+}
+
+struct Counted(Arc<AtomicUsize>);
+
+impl Wake for Counted {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Envoy for Fake {
+    fn request_headers(&self) -> Headers {
+        Headers::from_pairs(
+            self.0
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        )
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.note(Call::Set(name.into(), value.map(Into::into)));
+    }
+    fn add_response_header(&self, _: &str, _: &str) {}
+    fn clear_route_cache(&self) {
+        self.note(Call::RouteAgain);
+    }
+    fn send_response(&self, reply: &Reply) {
+        self.note(Call::Send(reply.status, reply.body.clone()));
+        // Envoy completes the stream from inside send_response.
+        if let Some(f) = self.0.filter.borrow().upgrade() {
+            f.on_stream_complete();
+        }
+    }
+    fn continue_decoding(&self) {
+        self.note(Call::Continue);
+    }
+    fn callout(&self, cluster: &str, _: &[(&str, &str)], _: &[u8], _: u64) -> Option<u64> {
+        self.note(Call::Callout(cluster.into()));
+        Some(7)
+    }
+    fn attribute(&self, _: Attribute) -> Option<String> {
+        None
+    }
+    fn increment(&self, counter: usize) {
+        self.note(Call::Increment(counter));
+    }
+    fn record(&self, _: usize, _: u64) {}
+    fn waker(&self) -> Option<Box<dyn Wake>> {
+        Some(Box::new(Counted(Arc::clone(&self.0.wakes))))
+    }
+}
+
+/// A worker thread's state for the config (each call: another worker).
+fn worker(
+    config: &ModuleConfig,
+) -> (
+    Option<Rc<hokusai_mlflow_auth::filter::Worker>>,
+    Rc<NativeHost<Fake>>,
+) {
+    config.worker()
+}
+
+fn config() -> ModuleConfig {
+    let mut next = 0;
+    ModuleConfig::new(CONFIG.as_bytes(), |_, _| {
+        next += 1;
+        Some(next)
+    })
+    .unwrap()
+}
+
+fn filter(
+    ctx: u32,
+    fake: &Fake,
+    state: &(
+        Option<Rc<hokusai_mlflow_auth::filter::Worker>>,
+        Rc<NativeHost<Fake>>,
+    ),
+) -> Rc<Filter<Fake>> {
+    let f = Rc::new(Filter::new(
+        ctx,
+        fake.clone(),
+        state.0.clone(),
+        Rc::clone(&state.1),
+    ));
+    *fake.0.filter.borrow_mut() = Rc::downgrade(&f);
+    f
+}
+
+fn unique_key() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("hk_test_native_{:016}", N.fetch_add(1, Ordering::SeqCst))
+}
+
+const PATH: &str = "/api/mlflow/api/2.0/mlflow/experiments/search";
+
+#[test]
+fn a_valid_key_is_resumed_after_its_headers_are_set() {
+    let cfg = config();
+    let state = worker(&cfg);
+    let fake = Fake::new(&unique_key(), PATH);
+    let f = filter(1, &fake, &state);
+    assert!(!f.on_request_headers(), "paused for the callout");
+    f.on_callout_done(CalloutReply {
+        status: Some(200),
+        body: GRANT.to_vec(),
+    });
+    let calls = fake.calls();
+    assert!(calls.contains(&Call::Callout("hokusai_auth".into())));
+    assert!(
+        calls.contains(&Call::Set("authorization".into(), None)),
+        "credential removed"
+    );
+    let user = calls
+        .iter()
+        .position(|c| *c == Call::Set("x-hokusai-user-id".into(), Some("u_1".into())));
+    let resumed = calls.iter().position(|c| *c == Call::Continue);
+    assert!(
+        user.is_some() && resumed.is_some() && user < resumed,
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| matches!(c, Call::Increment(_))),
+        "stats counted"
+    );
+    let rewritten = Call::Set(
+        ":path".into(),
+        Some("/api/2.0/mlflow/experiments/search".into()),
+    );
+    let rewrite = calls.iter().position(|c| *c == rewritten);
+    let again = calls.iter().position(|c| *c == Call::RouteAgain);
+    assert!(
+        rewrite.is_some() && again > rewrite,
+        "route matched again after the rewrite: {calls:?}"
+    );
+}
+
+#[test]
+fn a_refusal_reenters_without_a_second_borrow_and_completes_once() {
+    let cfg = config();
+    let state = worker(&cfg);
+    let fake = Fake::new(&unique_key(), PATH);
+    let f = filter(1, &fake, &state);
+    assert!(!f.on_request_headers());
+    f.on_callout_done(CalloutReply {
+        status: Some(401),
+        body: Vec::new(),
+    });
+    let sent: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Send(..)))
+        .collect();
+    assert_eq!(sent.len(), 1);
+    assert!(matches!(&sent[0], Call::Send(401, body) if body.contains("UNAUTHENTICATED")));
+    assert!(!fake.calls().contains(&Call::Continue));
+    f.on_stream_complete();
+}
+
+#[test]
+fn a_second_worker_joins_the_first_workers_callout() {
+    let cfg = config();
+    let (w1, w2) = (worker(&cfg), worker(&cfg));
+    let key = unique_key();
+    let (a, b) = (Fake::new(&key, PATH), Fake::new(&key, PATH));
+    let (fa, fb) = (filter(1, &a, &w1), filter(1, &b, &w2));
+    assert!(!fa.on_request_headers() && !fb.on_request_headers());
+    let callouts = |f: &Fake| {
+        f.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Callout(_)))
+            .count()
+    };
+    assert_eq!(
+        callouts(&a) + callouts(&b),
+        1,
+        "one callout for both workers"
+    );
+    fb.on_scheduled();
+    assert!(
+        !b.calls().contains(&Call::Continue),
+        "not woken yet: nothing happens"
+    );
+    fa.on_callout_done(CalloutReply {
+        status: Some(200),
+        body: GRANT.to_vec(),
+    });
+    assert_eq!(b.0.wakes.load(Ordering::SeqCst), 1, "the joiner is woken");
+    fb.on_scheduled();
+    assert!(a.calls().contains(&Call::Continue) && b.calls().contains(&Call::Continue));
+}
+
+#[test]
+fn a_leader_that_goes_away_wakes_its_joiners_with_no_answer() {
+    let cfg = config();
+    let (w1, w2) = (worker(&cfg), worker(&cfg));
+    let key = unique_key();
+    let (a, b) = (Fake::new(&key, PATH), Fake::new(&key, PATH));
+    let (fa, fb) = (filter(1, &a, &w1), filter(1, &b, &w2));
+    assert!(!fa.on_request_headers() && !fb.on_request_headers());
+    drop(fa);
+    assert_eq!(b.0.wakes.load(Ordering::SeqCst), 1);
+    fb.on_scheduled();
+    assert!(
+        b.calls().iter().any(|c| matches!(c, Call::Send(503, _))),
+        "{:?}",
+        b.calls()
+    );
+}
+
+#[test]
+fn fail_closed_answers_503_once() {
+    let cfg = config();
+    let state = worker(&cfg);
+    let fake = Fake::new(&unique_key(), PATH);
+    let f = filter(1, &fake, &state);
+    f.fail_closed();
+    let sent: Vec<_> = fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Send(..)))
+        .collect();
+    assert!(
+        matches!(&sent[..], [Call::Send(503, body)] if body.contains("TEMPORARILY_UNAVAILABLE")),
+        "{sent:?}"
+    );
+    assert!(
+        !f.on_request_headers(),
+        "the stream is left alone after a panic"
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_field_and_global_limits_are_refused() {
+    let err = |json: &str| {
+        ModuleConfig::new(json.as_bytes(), |_, _| Some(0))
+            .err()
+            .unwrap()
+    };
+    assert!(err(r#"{"auth": {"cluster": 5}}"#).contains("auth"));
+    let global = r#"{"auth": {"cluster": "a", "service_id": "s"},
+        "rate_limit": {"mode": "global", "cluster": "rl"}}"#;
+    let e = err(global);
+    assert!(
+        e.contains("rate_limit.mode") && e.contains("wasm build"),
+        "{e}"
+    );
+}
+
+#[test]
+fn stats_are_defined_once_per_configuration_in_table_order() {
+    let mut seen = Vec::new();
+    ModuleConfig::new(CONFIG.as_bytes(), |kind, name| {
+        seen.push((kind, name.to_string()));
+        Some(seen.len())
+    })
+    .unwrap();
+    assert_eq!(
+        seen.first().map(|(_, n)| n.as_str()),
+        Some("hokusai_auth.public")
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&(
+            StatKind::Histogram,
+            "hokusai_auth.callout_latency_ms".into()
+        ))
+    );
+}
