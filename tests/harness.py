@@ -27,11 +27,11 @@ STANDIN = Path(os.environ.get("HOKUSAI_STANDIN", ROOT / "target/release/hokusai-
 ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
 # Which build Envoy loads: "wasm" (the .wasm in Envoy's V8) or "native" (the
 # dynamic module). tests/test.sh runs the Envoy-level suite once per build.
-BUILD = os.environ.get("HOKUSAI_BUILD", "wasm")
+FILTER = os.environ.get("HOKUSAI_FILTER", "wasm")
 NATIVE = Path(os.environ.get("HOKUSAI_NATIVE", ROOT / "target/native/libhokusai_mlflow_auth_native.so"))
 NATIVE_MODULE = "hokusai_mlflow_auth_native"
 # The Envoy log component the filter's own lines appear under.
-FILTER_LOG = "wasm" if BUILD == "wasm" else "dynamic_modules"
+FILTER_LOG = "wasm" if FILTER == "wasm" else "dynamic_modules"
 PLUGIN_CONFIG = ROOT / "envoy-config/plugin-config.json"
 
 # Dev keys: test keys only, never valid anywhere but the stand-in.
@@ -280,12 +280,14 @@ class Envoy:
                  upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
-                 extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None):
-        if BUILD not in ("wasm", "native"):
-            raise RuntimeError(f"HOKUSAI_BUILD={BUILD!r}: wasm or native")
-        if BUILD == "wasm" and not WASM.exists():
+                 extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None,
+                 filter: str = FILTER):
+        if filter not in ("wasm", "native"):
+            raise RuntimeError(f"HOKUSAI_FILTER={filter!r}: wasm or native")
+        self.filter = filter
+        if filter == "wasm" and not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
-        if BUILD == "native" and not NATIVE.exists():
+        if filter == "native" and not NATIVE.exists():
             raise RuntimeError(f"{NATIVE} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
         binary = envoy_binary()
         if not binary.exists():
@@ -307,14 +309,14 @@ class Envoy:
             **(extra_vars or {}),
         }
         rendered = string.Template(template.read_text()).substitute(values)
-        if edit is not None or BUILD == "native":
+        if edit is not None or filter == "native":
             # A change to the bootstrap's structure (tests/local_stack.py).
             import yaml
 
             boot = yaml.safe_load(rendered)
             if edit is not None:
                 edit(boot)
-            if BUILD == "native":
+            if filter == "native":
                 as_native(boot)
             rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"

@@ -1,0 +1,64 @@
+"""What only the native build (the dynamic module) does, in a real Envoy:
+one cache and one single-flight for the whole process, and a configuration
+it cannot serve refused at load. The rest of the Envoy-level suite runs
+against it too (scripts/test.sh, HOKUSAI_FILTER=native)."""
+
+import concurrent.futures as cf
+
+import pytest
+import requests
+
+import harness
+
+pytestmark = pytest.mark.usefixtures("normal_mode")
+
+RUNS_SEARCH = "/api/mlflow/api/2.0/mlflow/runs/search"
+
+
+def native(start_envoy, **kw):
+    return start_envoy(filter="native", concurrency=2, **kw)
+
+
+def per_worker_connections(e) -> list[int]:
+    stats = e.stats("listener.127.0.0.1_")
+    return [v for k, v in sorted(stats.items()) if ".worker_" in k and k.endswith(".downstream_cx_total")]
+
+
+def burst(e, key: str, n: int) -> list[int]:
+    """n requests at once, each on its own connection."""
+    def one(_):
+        with requests.Session() as s:
+            return s.post(e.url + RUNS_SEARCH, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code
+
+    with cf.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_cold_burst_of_64_on_two_workers_makes_exactly_one_callout(start_envoy, keys, keysvc):
+    e = native(start_envoy)
+    key = keys.new()
+    keysvc.mode("normal", delay_ms=300)  # keep the callout in flight while the burst arrives
+    before = keysvc.calls()
+    assert burst(e, key, 64) == [200] * 64
+    assert keysvc.calls() - before == 1
+    workers = per_worker_connections(e)
+    assert len(workers) == 2 and min(workers) > 0, f"the burst reached both workers: {workers}"
+
+
+def test_a_verdict_cached_on_one_worker_is_a_hit_on_the_other(start_envoy, keys, keysvc):
+    e = native(start_envoy)
+    key = keys.new()
+    assert burst(e, key, 1) == [200]
+    before = keysvc.calls()
+    assert burst(e, key, 16) == [200] * 16
+    assert keysvc.calls() == before
+    assert min(per_worker_connections(e)) > 0
+
+
+def test_the_global_rate_limit_is_refused_at_load_naming_the_field(workdir, echo, keysvc):
+    cfg = harness.plugin_config(rate_limit={"mode": "global", "cluster": "hokusai_ratelimit"})
+    with pytest.raises(RuntimeError) as info:
+        harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg,
+                      name="envoy-native-global", filter="native")
+    assert 'configuration rejected: rate_limit.mode: "global"' in str(info.value)
+    assert "needs the wasm build" in str(info.value)
