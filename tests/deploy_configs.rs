@@ -53,9 +53,13 @@ fn manifest_configs() -> Vec<(String, String, Value)> {
             match kind.as_str() {
                 "WasmPlugin" => found.push((at, kind, doc["spec"]["pluginConfig"].clone())),
                 "EnvoyExtensionPolicy" => {
-                    let wasm = doc["spec"]["wasm"].as_array().cloned().unwrap_or_default();
-                    for (j, w) in wasm.into_iter().enumerate() {
-                        found.push((format!("{at} wasm[{j}]"), kind.clone(), w["config"].clone()));
+                    // The .wasm's entries and the native build's.
+                    for field in ["wasm", "dynamicModule"] {
+                        let entries = doc["spec"][field].as_array().cloned().unwrap_or_default();
+                        for (j, w) in entries.into_iter().enumerate() {
+                            let at = format!("{at} {field}[{j}]");
+                            found.push((at, kind.clone(), w["config"].clone()));
+                        }
                     }
                 }
                 _ => {}
@@ -122,6 +126,12 @@ fn every_shipped_plugin_config_parses() {
             "no {kind} plugin config found under deploy/"
         );
     }
+    assert!(
+        manifests
+            .iter()
+            .any(|(at, _, _)| at.contains("dynamicModule[0]")),
+        "no native (dynamicModule) plugin config found under deploy/"
+    );
     let docs = doc_configs();
     assert!(!docs.is_empty(), "no JSON plugin config found in docs/");
     all.extend(manifests.into_iter().map(|(at, _, v)| (at, v)));

@@ -8,6 +8,7 @@ are missing these tests fail, they do not skip."""
 import copy
 import hashlib
 import json
+import os
 import re
 import string
 import subprocess
@@ -23,7 +24,7 @@ import harness
 ROOT = harness.ROOT
 CRDS = ROOT.parent / "shared" / "crds"
 CRD_FILES = ["istio.yaml", "envoy-gateway-envoyextensionpolicies.yaml", "envoy-gateway-backends.yaml",
-             "gateway-api-httproutes.yaml", "gateway-api-gateways.yaml"]
+             "envoy-gateway-envoyproxies.yaml", "gateway-api-httproutes.yaml", "gateway-api-gateways.yaml"]
 # Kinds in deploy/ with no CRD in shared/crds, each with what checks it instead.
 UNVALIDATED = {("gateway.envoyproxy.io", "EnvoyPatchPolicy"): "its cluster runs through envoy --mode validate"}
 PROD_PLUGIN_CONFIG = ROOT / "envoy-config/production-plugin-config.json"
@@ -98,6 +99,13 @@ def cel_errors(doc):
             for t, field in (("Image", "image"), ("HTTP", "http")):
                 if (code["type"] == t) != (field in code):
                     errs.append(f"If type is {t}, {field} field needs to be set.")
+    if kind == "EnvoyProxy":
+        for m in spec.get("dynamicModules", []):
+            source = m["source"]
+            if source.get("type", "Local") == "Local" and "local" not in source:
+                errs.append("If type is Local, local field needs to be set.")
+            if (source.get("type") == "Remote") != ("remote" in source):
+                errs.append("If type is Remote, remote field needs to be set.")
     if kind == "Backend":
         tls = spec.get("tls", {})
         if tls.get("caCertificateRefs") and tls.get("wellKnownCACertificates"):
@@ -111,7 +119,7 @@ def test_every_manifest_matches_its_crd(crd_schemas):
     docs = documents()
     kinds = {doc["kind"] for _, doc in docs}
     assert {"WasmPlugin", "ServiceEntry", "DestinationRule", "EnvoyExtensionPolicy", "Backend", "HTTPRoute",
-            "Gateway"} <= kinds, kinds
+            "Gateway", "EnvoyProxy"} <= kinds, kinds
     problems = []
     for at, doc in docs:
         group = doc["apiVersion"].split("/")[0]
@@ -187,8 +195,8 @@ def test_manifests_point_at_each_other():
             # Envoy re-matches after the filter strips the mount: the route takes every path.
             assert {"type": "PathPrefix", "value": "/"} in [m["path"] for r in route["spec"]["rules"]
                                                            for m in r["matches"]]
-        for w in eep["spec"]["wasm"]:
-            assert w["failOpen"] is False
+        for w in eep["spec"].get("wasm", []) + eep["spec"].get("dynamicModule", []):
+            assert w.get("failOpen", False) is False
             assert w["config"]["auth"]["cluster"] == cluster["name"]
             assert w["config"]["auth"]["authority"] == fqdn["hostname"]
             # Every host a rule selects is one the route serves.
@@ -198,13 +206,30 @@ def test_manifests_point_at_each_other():
                     assert rule["match"]["host"] in hosts, rule
 
 
+def test_the_native_policy_loads_an_allowlisted_module_that_stays_loaded():
+    """The dynamicModule entry names a module the EnvoyProxy allowlists, by
+    the .so the build makes, never unloaded (its statics are the cache)."""
+    allowed = {m["name"]: m for p in by_kind("EnvoyProxy") for m in p["spec"].get("dynamicModules", [])}
+    native = [m for eep in by_kind("EnvoyExtensionPolicy") for m in eep["spec"].get("dynamicModule", [])]
+    assert native, "no dynamicModule policy in deploy/"
+    for m in native:
+        assert m["filterName"] == "hokusai_auth"
+        entry = allowed[m["name"]]
+        assert entry["doNotClose"] is True
+        assert entry["source"]["local"]["path"].endswith("/" + harness.NATIVE.name)
+    # The two policies are alternatives for the same route.
+    targets = [eep["spec"]["targetRefs"] for eep in by_kind("EnvoyExtensionPolicy")]
+    assert len(targets) == 2 and targets[0] == targets[1]
+
+
 # --- Envoy's validate mode ----------------------------------------------------
 
 def envoy_validate(config_path: Path) -> subprocess.CompletedProcess:
     binary = harness.envoy_binary()
     assert binary.exists(), f"no Envoy at {binary}: run scripts/setup.sh"
+    env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(harness.NATIVE.parent)}
     return subprocess.run([str(binary), "--mode", "validate", "-c", str(config_path), "-l", "warning"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -217,15 +242,17 @@ def tls_files(tmp_path_factory):
     return d / "cert.pem", d / "key.pem"
 
 
-def render_production(tmp_path, tls_files, plugin_config) -> Path:
+def render_production(tmp_path, tls_files, plugin_config, name="production.yaml") -> Path:
     assert harness.WASM.exists(), f"{harness.WASM} is missing: run scripts/setup.sh"
+    assert harness.NATIVE.exists(), f"{harness.NATIVE} is missing: run scripts/setup.sh"
     cert, key = tls_files
-    text = string.Template((ROOT / "envoy-config/production.yaml").read_text()).substitute(
+    text = string.Template((ROOT / "envoy-config" / name).read_text()).safe_substitute(
         TLS_CERT_CHAIN=cert, TLS_PRIVATE_KEY=key, WASM=harness.WASM,
         PLUGIN_CONFIG=json.dumps(json.dumps(plugin_config)),
         MLFLOW_HOST="mlflow.mlflow.svc.cluster.local", MLFLOW_PORT=5000,
         MLFLOW_AUTHORITY="mlflow.mlflow.svc.cluster.local:5000")
-    path = tmp_path / "production.yaml"
+    assert "${" not in text, "a placeholder left unfilled"
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -251,6 +278,25 @@ def test_envoy_validate_loads_the_filter_and_its_config(tmp_path, tls_files):
     del cfg["auth"]["service_id"]
     r = envoy_validate(render_production(tmp_path, tls_files, cfg))
     assert r.returncode != 0 and "service_id" in r.stderr, r.stdout + r.stderr
+
+
+def test_the_native_production_bootstrap_passes_envoy_validate(tmp_path, tls_files):
+    """Validate mode loads the module and hands it the plugin config: the
+    good one passes, a broken one is refused naming the field."""
+    cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
+    r = envoy_validate(render_production(tmp_path, tls_files, cfg, "production-native.yaml"))
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    del cfg["auth"]["service_id"]
+    r = envoy_validate(render_production(tmp_path, tls_files, cfg, "production-native.yaml"))
+    assert r.returncode != 0 and "service_id" in r.stderr, r.stdout + r.stderr
+
+
+def test_the_native_production_bootstrap_is_the_wasm_one_but_for_the_filter(tmp_path, tls_files):
+    cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
+    wasm = yaml.safe_load(render_production(tmp_path, tls_files, cfg).read_text())
+    native = yaml.safe_load(render_production(tmp_path, tls_files, cfg, "production-native.yaml").read_text())
+    harness.as_native(wasm)
+    assert wasm == native
 
 
 def test_bootstraps_define_the_cluster_their_plugin_config_names():
