@@ -11,6 +11,7 @@ use hokusai_mlflow_auth::config::Config;
 use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
 use hokusai_mlflow_auth::host::{Headers, Host};
 use hokusai_mlflow_auth::metrics::Counter;
+use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -64,6 +65,10 @@ impl Host for NullHost {
     fn grpc_reply(&self, _: usize, _: usize) -> Vec<u8> {
         self.call();
         Vec::new()
+    }
+    fn queue_refresh(&self, _: RefreshJob) -> bool {
+        self.call();
+        true
     }
     fn callout_reply(&self, _: usize, _: usize) -> (Option<u16>, Vec<u8>) {
         self.call();

@@ -101,6 +101,9 @@ pub struct CacheConfig {
     pub ttl_ms: u64,
     pub negative_ttl_ms: u64,
     pub stale_if_error_ms: u64,
+    /// A valid verdict used this close to its expiry is re-validated in
+    /// the background (refresh-ahead); 0: off.
+    pub refresh_ahead_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

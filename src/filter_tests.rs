@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::filter::{Flow, Stream, Worker};
 use crate::host::{Headers, Host};
 use crate::metrics::Counter;
+use crate::refresh::RefreshJob;
 use crate::reply::Reply;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -37,6 +38,7 @@ struct FakeHost {
     counts_sent: RefCell<Vec<Count>>,
     count_reply: RefCell<Vec<u8>>,
     refuse_grpc: Cell<bool>,
+    jobs: RefCell<Vec<RefreshJob>>,
 }
 
 impl Host for FakeHost {
@@ -121,6 +123,10 @@ impl Host for FakeHost {
     }
     fn grpc_reply(&self, _size: usize, _max: usize) -> Vec<u8> {
         self.count_reply.borrow().clone()
+    }
+    fn queue_refresh(&self, job: RefreshJob) -> bool {
+        self.jobs.borrow_mut().push(job);
+        true
     }
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         self.shared_reads.set(self.shared_reads.get() + 1);
@@ -393,6 +399,104 @@ fn positive_verdicts_expire_after_the_ttl() {
     rig.host.now.set(60_000);
     assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Pause);
     assert_eq!(rig.host.calls(), 2);
+}
+
+#[test]
+fn a_hit_near_expiry_queues_one_refresh_and_goes_on() {
+    let rig = Rig::new(r#", "cache": {"ttl_seconds": 60, "refresh_ahead_percent": 20}"#);
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    rig.host.now.set(47_999);
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    assert!(rig.host.jobs.borrow().is_empty(), "not yet in the last 20%");
+    rig.host.now.set(48_000);
+    assert_eq!(
+        rig.bearer(RUNS_CREATE).2,
+        Flow::Continue,
+        "goes on with the verdict it has"
+    );
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    let jobs = rig.host.jobs.borrow().clone();
+    assert_eq!(jobs.len(), 1, "one re-validation per key at a time");
+    assert_eq!(jobs[0].cluster, "hokusai_auth");
+    assert_eq!(
+        jobs[0].headers,
+        rig.host.dispatched.borrow()[0]
+            .1
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .map(|(k, v)| (static_name(k), v))
+            .collect::<Vec<_>>(),
+        "the same callout a miss makes"
+    );
+    assert_eq!(rig.host.count_of(Counter::CacheRefresh), 1);
+    rig.host.now.set(50_000);
+    rig.worker
+        .complete_refresh(&rig.host, &jobs[0].refresh, Some(200), RW.as_bytes());
+    rig.host.now.set(100_000);
+    assert_eq!(
+        rig.bearer(RUNS_CREATE).2,
+        Flow::Continue,
+        "the refreshed verdict lives a TTL from its answer"
+    );
+    assert_eq!(
+        rig.host.calls(),
+        1,
+        "the stream never waited for a callout again"
+    );
+}
+
+/// The `&'static str` the validation request uses for a header name.
+fn static_name(name: &str) -> &'static str {
+    [
+        ":method",
+        ":path",
+        ":authority",
+        "content-type",
+        "accept",
+        "authorization",
+    ]
+    .into_iter()
+    .find(|n| *n == name)
+    .unwrap()
+}
+
+#[test]
+fn a_refresh_that_finds_the_key_revoked_stops_it_and_a_failed_one_changes_nothing() {
+    let rig = Rig::new(r#", "cache": {"ttl_seconds": 10, "refresh_ahead_percent": 50}"#);
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    rig.host.now.set(6_000);
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    let job = rig.host.jobs.borrow_mut().remove(0);
+    rig.worker
+        .complete_refresh(&rig.host, &job.refresh, None, b"");
+    assert_eq!(rig.host.count_of(Counter::CacheRefreshFailed), 1);
+    assert_eq!(
+        rig.bearer(RUNS_CREATE).2,
+        Flow::Continue,
+        "the old verdict still stands"
+    );
+    let job = rig.host.jobs.borrow_mut().remove(0);
+    rig.worker
+        .complete_refresh(&rig.host, &job.refresh, Some(401), b"");
+    let (id, _, flow) = rig.bearer(RUNS_CREATE);
+    assert_eq!(
+        (flow, rig.host.status(id)),
+        (Flow::Pause, Some(401)),
+        "revoked: refused at once"
+    );
+    assert_eq!(rig.host.calls(), 1);
+}
+
+#[test]
+fn refresh_ahead_is_off_by_default() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    rig.host.now.set(59_999);
+    assert_eq!(rig.bearer(RUNS_CREATE).2, Flow::Continue);
+    assert!(rig.host.jobs.borrow().is_empty());
 }
 
 #[test]

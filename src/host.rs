@@ -3,6 +3,7 @@
 //! go through the `log` crate, whose logger each host installs.
 
 use crate::metrics::Counter;
+use crate::refresh::RefreshJob;
 use crate::reply::Reply;
 use std::time::Duration;
 
@@ -130,6 +131,9 @@ pub trait Host {
     ) -> Option<u32>;
     /// At most `max` bytes of the gRPC reply being delivered (empty if larger).
     fn grpc_reply(&self, size: usize, max: usize) -> Vec<u8>;
+    /// Takes a re-validation to start outside any request; its answer goes
+    /// to `Worker::complete_refresh`. False if the host cannot take it.
+    fn queue_refresh(&self, job: RefreshJob) -> bool;
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// False on a CAS mismatch or any other refusal.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;

@@ -26,6 +26,7 @@ pub mod memo;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod refresh;
 pub mod reply;
 pub mod rewrite;
 pub mod rls;

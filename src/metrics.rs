@@ -38,6 +38,8 @@ counters! {
     CacheHit => "cache.hit",
     CacheMiss => "cache.miss",
     CacheStaleServed => "cache.stale_served",
+    CacheRefresh => "cache.refresh",
+    CacheRefreshFailed => "cache.refresh_failed",
     SingleFlightWait => "single_flight.wait",
     SingleFlightAbandoned => "single_flight.abandoned",
     Callout => "callout.total",

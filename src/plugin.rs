@@ -4,6 +4,8 @@
 use crate::config::Config;
 use crate::denial::Denial;
 use crate::filter::{Flow, Stream, Worker};
+use crate::host::Host;
+use crate::validation::MAX_REPLY_BYTES;
 use crate::wasm_host::{install_logging, start_ticks, WasmHost, FLUSH_PERIOD};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -22,7 +24,40 @@ struct Root {
     host: Option<Rc<WasmHost>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// A re-validation's answer (refresh-ahead).
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let (Some(worker), Some(host)) = (&self.worker, &self.host) else {
+            return;
+        };
+        if let Some(refresh) = host.answered(token) {
+            let (status, body) = host.callout_reply(body_size, MAX_REPLY_BYTES);
+            worker.complete_refresh(host.as_ref(), &refresh, status, &body);
+        }
+    }
+}
+
+impl Root {
+    /// Starts the re-validations requests queued, from this root context
+    /// (so that they outlive the requests and answer here).
+    fn start_refreshes(&self) {
+        let (Some(worker), Some(host)) = (&self.worker, &self.host) else {
+            return;
+        };
+        for job in host.take_jobs() {
+            match host.dispatch(&job.cluster, &job.header_pairs(), &job.body, job.timeout) {
+                Some(token) => host.started(token, job.refresh),
+                None => worker.complete_refresh(host.as_ref(), &job.refresh, None, &[]),
+            }
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -42,6 +77,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        self.start_refreshes();
         if let Some(h) = &self.host {
             h.flush();
         }

@@ -67,6 +67,8 @@ pub struct RawCache {
     negative_ttl_seconds: u64,
     #[serde(default)]
     stale_if_error_seconds: u64,
+    #[serde(default)]
+    refresh_ahead_percent: u64,
 }
 
 #[derive(Deserialize)]
@@ -353,11 +355,19 @@ pub fn cache(at: At, k: RawCache) -> Result<CacheConfig, String> {
         0,
         86_400,
     )?;
+    range(
+        at,
+        "cache.refresh_ahead_percent",
+        k.refresh_ahead_percent,
+        0,
+        90,
+    )?;
     Ok(CacheConfig {
         slots: k.slots,
         ttl_ms: k.ttl_seconds * 1000,
         negative_ttl_ms: k.negative_ttl_seconds * 1000,
         stale_if_error_ms: k.stale_if_error_seconds * 1000,
+        refresh_ahead_ms: k.ttl_seconds * 1000 * k.refresh_ahead_percent / 100,
     })
 }
 

@@ -72,7 +72,8 @@ pub enum Cached {
 /// What the cache knows of a key now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Fresh(Cached),
+    /// A verdict and when it expires.
+    Fresh(Cached, u64),
     /// An expired positive verdict still inside the stale-if-error grace:
     /// usable only if the key service turns out to be unavailable.
     Stale(Identity),
@@ -102,17 +103,37 @@ impl VerdictCache {
 
     /// The worker's copy first, then the shared slot.
     pub fn lookup<H: Host>(&self, host: &H, d: &Digest, now_ms: u64) -> Lookup {
-        if let Some(verdict) = self.local_get(d, now_ms) {
-            return Lookup::Fresh(verdict);
+        if let Some((verdict, expires_at_ms)) = self.local_get(d, now_ms) {
+            return Lookup::Fresh(verdict, expires_at_ms);
         }
         let (bytes, _) = host.shared_get(&self.slot_key(d));
         match read_slot(bytes.as_deref(), d, now_ms, self.stale_if_error_ms) {
             SlotRead::Fresh(verdict, expires_at_ms) => {
                 self.local_put(*d, verdict.clone(), expires_at_ms);
-                Lookup::Fresh(verdict)
+                Lookup::Fresh(verdict, expires_at_ms)
             }
             SlotRead::Stale(id) => Lookup::Stale(id),
             SlotRead::Miss => Lookup::Miss,
+        }
+    }
+
+    /// Whether the shared slot holds a verdict for `d` that outlives
+    /// `expires_at_ms` (another worker refreshed it); this worker's copy
+    /// then takes it.
+    pub fn refreshed_elsewhere<H: Host>(
+        &self,
+        host: &H,
+        d: &Digest,
+        expires_at_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let (bytes, _) = host.shared_get(&self.slot_key(d));
+        match read_slot(bytes.as_deref(), d, now_ms, 0) {
+            SlotRead::Fresh(verdict, later) if later > expires_at_ms => {
+                self.local_put(*d, verdict, later);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -141,10 +162,10 @@ impl VerdictCache {
         self.slots.key(u64::from_le_bytes(first))
     }
 
-    fn local_get(&self, d: &Digest, now_ms: u64) -> Option<Cached> {
+    fn local_get(&self, d: &Digest, now_ms: u64) -> Option<(Cached, u64)> {
         let mut local = self.local.try_borrow_mut().ok()?;
         match local.get(d) {
-            Some((verdict, expires)) if now_ms < *expires => Some(verdict.clone()),
+            Some((verdict, expires)) if now_ms < *expires => Some((verdict.clone(), *expires)),
             Some(_) => {
                 local.remove(d);
                 None
@@ -508,13 +529,22 @@ mod tests {
         let allowed = Cached::Allowed(Identity::default());
         c.local_put([1; 32], allowed.clone(), 100);
         c.local_put([2; 32], Cached::Invalid, 50);
-        assert_eq!(c.local_get(&[1; 32], 99), Some(allowed.clone()));
-        assert_eq!(c.local_get(&[2; 32], 49), Some(Cached::Invalid));
+        assert_eq!(
+            c.local_get(&[1; 32], 99).map(|(v, _)| v),
+            Some(allowed.clone())
+        );
+        assert_eq!(
+            c.local_get(&[2; 32], 49).map(|(v, _)| v),
+            Some(Cached::Invalid)
+        );
         assert_eq!(c.local_get(&[2; 32], 50), None, "expired");
         assert_eq!(c.local_get(&[3; 32], 0), None);
         c.local_put([3; 32], Cached::Invalid, 10);
         c.local_put([4; 32], Cached::Invalid, 10);
         assert!(c.local.borrow().len() <= 2);
-        assert_eq!(c.local_get(&[4; 32], 0), Some(Cached::Invalid));
+        assert_eq!(
+            c.local_get(&[4; 32], 0).map(|(v, _)| v),
+            Some(Cached::Invalid)
+        );
     }
 }

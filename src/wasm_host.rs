@@ -7,8 +7,10 @@
 
 use crate::host::{Headers, Host};
 use crate::metrics::{Counter, CALLOUT_LATENCY};
+use crate::refresh::{Refresh, RefreshJob};
 use crate::reply::Reply;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -183,7 +185,14 @@ pub struct WasmHost {
     counters: Vec<Option<u32>>,
     pending: Vec<Cell<u64>>,
     latency: Option<u32>,
+    /// Re-validations queued by requests, started on the root's tick.
+    jobs: RefCell<Vec<RefreshJob>>,
+    /// Re-validations under way, by callout token (answered to the root).
+    refreshes: RefCell<HashMap<u32, Refresh>>,
 }
+
+/// At most this many re-validations wait for the next tick.
+const MAX_QUEUED_JOBS: usize = 1024;
 
 /// How often counts reach Envoy's stats.
 pub const FLUSH_PERIOD: Duration = Duration::from_millis(200);
@@ -204,7 +213,24 @@ impl WasmHost {
                 .collect(),
             pending: Counter::ALL.iter().map(|_| Cell::new(0)).collect(),
             latency: define(METRIC_HISTOGRAM, CALLOUT_LATENCY),
+            jobs: RefCell::default(),
+            refreshes: RefCell::default(),
         }
+    }
+
+    /// The queued re-validations, to start from the root context.
+    pub fn take_jobs(&self) -> Vec<RefreshJob> {
+        std::mem::take(&mut *self.jobs.borrow_mut())
+    }
+
+    /// A re-validation the root context started, by its callout token.
+    pub fn started(&self, token: u32, refresh: Refresh) {
+        self.refreshes.borrow_mut().insert(token, refresh);
+    }
+
+    /// The re-validation a callout token answers, if it is one.
+    pub fn answered(&self, token: u32) -> Option<Refresh> {
+        self.refreshes.borrow_mut().remove(&token)
     }
 }
 
@@ -352,6 +378,15 @@ impl Host for WasmHost {
         } else {
             Vec::new()
         }
+    }
+
+    fn queue_refresh(&self, job: RefreshJob) -> bool {
+        let mut jobs = self.jobs.borrow_mut();
+        if jobs.len() >= MAX_QUEUED_JOBS {
+            return false;
+        }
+        jobs.push(job);
+        true
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {

@@ -47,6 +47,10 @@ class Keys:
         self.keysvc.set_keys({"keys": self.entries})
         return key
 
+    def revoke(self, key: str):
+        self.entries = [e for e in self.entries if e["key"] != key]
+        self.keysvc.set_keys({"keys": self.entries})
+
 
 @pytest.fixture(scope="module")
 def keys(keysvc):

@@ -227,6 +227,48 @@ def test_ttl_expiry_triggers_a_new_callout(start_envoy, keys, keysvc):
     assert keysvc.calls() == before + 2
 
 
+REFRESH_AHEAD = {"ttl_seconds": 2, "negative_ttl_seconds": 60, "refresh_ahead_percent": 50}
+
+
+def steady(e, key: str, seconds: float, every: float = 0.1) -> list[int]:
+    """One key's requests, one at a time, for `seconds`."""
+    codes, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        codes.append(requests.post(e.url + RUNS_SEARCH, headers={"Authorization": f"Bearer {key}"},
+                                   timeout=10).status_code)
+        time.sleep(every)
+    return codes
+
+
+def test_refresh_ahead_keeps_a_steady_stream_off_the_callout_path(start_envoy, keys, keysvc):
+    """Across three TTLs only the first request waits for a callout (one
+    cache miss); the re-validations run beside the stream."""
+    e = start_envoy(harness.plugin_config(cache=REFRESH_AHEAD), concurrency=1)
+    key = keys.new()
+    keysvc.mode("normal", delay_ms=300)
+    before = keysvc.calls()
+    assert set(steady(e, key, 6.0)) == {200}
+    stats = e.stats("wasmcustom.hokusai_auth.cache")
+    assert stats.get("wasmcustom.hokusai_auth.cache.miss") == 1, stats
+    assert stats.get("wasmcustom.hokusai_auth.cache.refresh", 0) >= 2, stats
+    assert keysvc.calls() - before >= 3, "the first callout, then the re-validations"
+
+
+def test_a_key_revoked_at_the_service_stops_passing_within_one_ttl(start_envoy, keys, keysvc):
+    e = start_envoy(harness.plugin_config(cache=REFRESH_AHEAD), concurrency=1)
+    key = keys.new()
+    assert set(steady(e, key, 1.0)) == {200}
+    keys.revoke(key)
+    revoked_at = time.monotonic()
+    codes = []
+    while time.monotonic() - revoked_at < 4.0 and codes[-3:] != [401] * 3:
+        codes += steady(e, key, 0.1)
+    refused_after = time.monotonic() - revoked_at
+    assert codes[-3:] == [401] * 3, codes
+    # One TTL (2 s), the root's tick (0.2 s) and slack for a loaded machine.
+    assert refused_after < 2.0 + 0.2 + 1.0, f"still passing {refused_after:.1f} s after revocation"
+
+
 def test_older_body_form_sends_the_key_in_the_body(start_envoy, keys, keysvc):
     e = start_envoy(harness.plugin_config(auth={"key_form": "body"}))
     key = keys.new()

@@ -9,6 +9,7 @@ use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig, StatKind};
 use hokusai_mlflow_auth::filter::Worker;
 use hokusai_mlflow_auth::host::Headers;
+use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -156,6 +157,23 @@ extern "C" {
         labels_size: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: EnvoyPtr,
+        callout_id: *mut u64,
+        cluster: Buffer,
+        headers: *const Header,
+        headers_size: usize,
+        body: Buffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: EnvoyPtr,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_scheduler_new(f: EnvoyPtr) -> *mut c_void;
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
         scheduler: *mut c_void,
@@ -344,6 +362,59 @@ impl Drop for Scheduler {
     }
 }
 
+/// The filter config's scheduler: a commit from any worker runs
+/// `on_http_filter_config_scheduled` on Envoy's main thread.
+struct ConfigScheduler(*mut c_void);
+
+// SAFETY: Envoy's scheduler may be committed to and deleted from any thread.
+unsafe impl Send for ConfigScheduler {}
+unsafe impl Sync for ConfigScheduler {}
+
+impl Wake for ConfigScheduler {
+    fn wake(&self) {
+        // SAFETY: live until dropped.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) };
+    }
+}
+
+impl Drop for ConfigScheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by config_scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) };
+    }
+}
+
+fn config_scheduler(config: EnvoyPtr) -> Option<Box<dyn Wake>> {
+    // SAFETY: Envoy's config pointer, during on_http_filter_config_new.
+    let scheduler =
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+    (!scheduler.is_null()).then(|| Box::new(ConfigScheduler(scheduler)) as Box<dyn Wake>)
+}
+
+/// A re-validation as a callout of the filter config (main thread).
+fn config_callout(config: EnvoyPtr, job: &RefreshJob) -> Option<u64> {
+    let headers: Vec<Header> = job
+        .headers
+        .iter()
+        .map(|(k, v)| Header::of(k, v.as_bytes()))
+        .collect();
+    let timeout_ms = u64::try_from(job.timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut id = 0u64;
+    // SAFETY: Envoy's config pointer, on the main thread; Envoy copies the buffers.
+    let rc = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_http_callout(
+            config,
+            &mut id,
+            Buffer::of(job.cluster.as_bytes()),
+            headers.as_ptr(),
+            headers.len(),
+            Buffer::of(&job.body),
+            timeout_ms,
+        )
+    };
+    (rc == CALLOUT_INIT_SUCCESS).then_some(id)
+}
+
 fn define(config: EnvoyPtr, kind: StatKind, name: &str) -> Option<usize> {
     let mut id = 0usize;
     // SAFETY: Envoy's config pointer, during on_http_filter_config_new.
@@ -478,7 +549,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         match ModuleConfig::new(config.bytes(), |kind, stat| {
             define(config_envoy, kind, stat)
         }) {
-            Ok(c) => Box::into_raw(Box::new(Arc::new(c))) as ModulePtr,
+            Ok(c) => {
+                if let Some(waker) = config_scheduler(config_envoy) {
+                    c.main.set_waker(waker);
+                }
+                Box::into_raw(Box::new(Arc::new(c))) as ModulePtr
+            }
             Err(e) => {
                 log::error!("hokusai-auth: configuration rejected: {e}");
                 null()
@@ -693,6 +769,61 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     if let Some(filter) = filter(fm) {
         guard((), || filter.fail_closed(), || filter.on_scheduled());
     }
+}
+
+/// SAFETY: `config` is a live pointer `on_http_filter_config_new` returned.
+unsafe fn module_config<'a>(config: ModulePtr) -> Option<&'a Arc<ModuleConfig>> {
+    (config as *const Arc<ModuleConfig>).as_ref()
+}
+
+/// # Safety
+/// Envoy's config pointer and a live config pointer, on the main thread.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: EnvoyPtr,
+    config: ModulePtr,
+    _event_id: u64,
+) {
+    if let Some(config) = module_config(config) {
+        guard(
+            (),
+            || (),
+            || {
+                let state = worker_state(config);
+                config.start_refreshes(&state, |job| config_callout(config_envoy, job));
+            },
+        );
+    }
+}
+
+/// # Safety
+/// A live config pointer; headers and chunks are Envoy's for the call.
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    _config_envoy: EnvoyPtr,
+    config: ModulePtr,
+    callout_id: u64,
+    result: u32,
+    headers: *const Header,
+    headers_size: usize,
+    chunks: *const Buffer,
+    chunks_size: usize,
+) {
+    let Some(config) = module_config(config) else {
+        return;
+    };
+    guard(
+        (),
+        || (),
+        || {
+            let reply = if result == CALLOUT_SUCCESS {
+                callout_reply(headers, headers_size, chunks, chunks_size)
+            } else {
+                CalloutReply::default()
+            };
+            config.refresh_answered(&worker_state(config), callout_id, reply);
+        },
+    )
 }
 
 #[no_mangle]

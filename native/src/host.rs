@@ -9,9 +9,11 @@
 
 use crate::coalesce::{fingerprint, Callouts, Fingerprint, Joiner, Role};
 use crate::envoy::{Attribute, CalloutReply, Envoy};
+use crate::main_thread::MainThread;
 use crate::shared::SharedData;
 use hokusai_mlflow_auth::host::{Headers, Host};
 use hokusai_mlflow_auth::metrics::Counter;
+use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -44,6 +46,7 @@ pub enum Call {
 
 pub struct NativeHost<E: Envoy> {
     metrics: Arc<Metrics>,
+    main: Arc<MainThread>,
     /// The stream hostcalls act on (`switch_to` changes it).
     current: RefCell<Option<(u32, E)>>,
     /// This worker's live streams, by context id.
@@ -55,9 +58,10 @@ pub struct NativeHost<E: Envoy> {
 }
 
 impl<E: Envoy> NativeHost<E> {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, main: Arc<MainThread>) -> Self {
         NativeHost {
             metrics,
+            main,
             current: RefCell::new(None),
             streams: RefCell::default(),
             calls: RefCell::default(),
@@ -217,6 +221,10 @@ impl<E: Envoy> Host for NativeHost<E> {
 
     fn grpc_reply(&self, _size: usize, _max: usize) -> Vec<u8> {
         Vec::new()
+    }
+
+    fn queue_refresh(&self, job: RefreshJob) -> bool {
+        self.main.queue(job)
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {

@@ -27,6 +27,7 @@ mod abi;
 pub mod coalesce;
 pub mod envoy;
 pub mod host;
+pub mod main_thread;
 pub mod module;
 pub mod shared;
 #[cfg(test)]

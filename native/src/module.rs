@@ -5,10 +5,12 @@
 
 use crate::envoy::{CalloutReply, Envoy};
 use crate::host::{Call, Metrics, NativeHost};
+use crate::main_thread::MainThread;
 use hokusai_mlflow_auth::config::Config;
 use hokusai_mlflow_auth::denial::Denial;
 use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
 use hokusai_mlflow_auth::metrics::{Counter, CALLOUT_LATENCY};
+use hokusai_mlflow_auth::refresh::{Refresh, RefreshJob};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use std::sync::Arc;
 pub struct ModuleConfig {
     pub bytes: Vec<u8>,
     pub metrics: Arc<Metrics>,
+    /// Where refresh-ahead jobs run.
+    pub main: Arc<MainThread>,
 }
 
 /// A kind of stat to define.
@@ -46,6 +50,7 @@ impl ModuleConfig {
         Ok(ModuleConfig {
             bytes: bytes.to_vec(),
             metrics: Arc::new(metrics),
+            main: Arc::default(),
         })
     }
 
@@ -56,7 +61,46 @@ impl ModuleConfig {
             .and_then(Worker::new)
             .ok()
             .map(Rc::new);
-        (worker, Rc::new(NativeHost::new(Arc::clone(&self.metrics))))
+        let host = NativeHost::new(Arc::clone(&self.metrics), Arc::clone(&self.main));
+        (worker, Rc::new(host))
+    }
+
+    /// On the main thread: starts the queued re-validations with `callout`
+    /// (its id, or None if refused: judged as unanswered at once).
+    pub fn start_refreshes<E: Envoy>(
+        &self,
+        state: &(Option<Rc<Worker>>, Rc<NativeHost<E>>),
+        mut callout: impl FnMut(&RefreshJob) -> Option<u64>,
+    ) {
+        for job in self.main.take_jobs() {
+            match callout(&job) {
+                Some(id) => self.main.started(id, job.refresh),
+                None => self.finish_refresh(state, job.refresh, CalloutReply::default()),
+            }
+        }
+    }
+
+    /// On the main thread: a re-validation's answer, by callout id.
+    pub fn refresh_answered<E: Envoy>(
+        &self,
+        state: &(Option<Rc<Worker>>, Rc<NativeHost<E>>),
+        id: u64,
+        reply: CalloutReply,
+    ) {
+        if let Some(refresh) = self.main.answered(id) {
+            self.finish_refresh(state, refresh, reply);
+        }
+    }
+
+    fn finish_refresh<E: Envoy>(
+        &self,
+        (worker, host): &(Option<Rc<Worker>>, Rc<NativeHost<E>>),
+        refresh: Refresh,
+        reply: CalloutReply,
+    ) {
+        if let Some(w) = worker {
+            w.complete_refresh(host.as_ref(), &refresh, reply.status, &reply.body);
+        }
     }
 }
 

@@ -20,6 +20,7 @@ use crate::memo::Memo;
 use crate::metrics::Counter;
 use crate::policy;
 use crate::ratelimit::{RateLimiter, Window};
+use crate::refresh::Refreshing;
 use crate::reply;
 use crate::rewrite;
 use crate::routes::{RouteTable, Selector};
@@ -31,6 +32,7 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 mod counting;
+mod refreshing;
 use counting::CountCall;
 
 /// What the host should do with the request after a callback.
@@ -54,6 +56,8 @@ pub struct Worker {
     cache: VerdictCache,
     rate: RateLimiter,
     flights: RefCell<Flights<Waiter>>,
+    /// Keys with a re-validation under way (refresh-ahead).
+    refreshing: RefCell<Refreshing>,
     /// Rate limit service calls in flight, by token.
     counts: RefCell<HashMap<u32, CountCall>>,
 }
@@ -69,6 +73,7 @@ impl Worker {
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
             flights: RefCell::default(),
+            refreshing: RefCell::new(Refreshing::new(cfg.cache.slots as usize)),
             counts: RefCell::default(),
             cfg,
         })
@@ -328,7 +333,11 @@ impl Stream {
         self.source = Some(credential.source);
         self.now_ms = host.now_ms();
         let stale = match worker.cache.lookup(host, &digest, self.now_ms) {
-            Lookup::Fresh(cached) => return self.cache_hit(host, cached),
+            Lookup::Fresh(cached, expires_at_ms) => {
+                let hit = (digest, &cached, expires_at_ms);
+                self.refresh_if_due(host, &credential.key, forwarded_for, hit);
+                return self.cache_hit(host, cached);
+            }
             Lookup::Stale(id) => Some(id),
             Lookup::Miss => None,
         };
