@@ -561,6 +561,51 @@ def cold_burst(ctx: Ctx, rnd: int, delay_ms: int, native: bool = False) -> dict:
             "statuses": statuses}
 
 
+STEADY_DELAY_MS = 5  # the stand-in's answer time for the steady stream
+STEADY_EVERY_S = 0.02  # one request every 20 ms: 50 req/s of one key, so that one wait per TTL is 2%
+
+
+def steady_stream(ctx: Ctx, rnd: int, native: bool, refresh: bool) -> dict:
+    """One key's paced stream (one connection) across several expiries of
+    a 1 s TTL, the stand-in at 5 ms: with refresh-ahead no request should
+    wait for a callout after the first; without, one per TTL does."""
+    a = ctx.args
+    wait_quiet(ctx)
+    build = "native" if native else "wasm"
+    cfg = hokusai_config(False)
+    cfg["cache"] = {**cfg.get("cache", {}), "ttl_seconds": 1, "refresh_ahead_percent": 50 if refresh else 0}
+    row = Row("steady", "steady stream", "hokusai", wasm=None if native else harness.WASM, config=cfg, native=native)
+    ctx.keysvc.mode("normal", STEADY_DELAY_MS)
+    envoy = start_envoy(ctx, row, f"envoy-steady-{build}-{int(refresh)}-r{rnd}")
+    lat: list[float] = []
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
+        conn.request("GET", REQ_PATH, headers=bearer(BENCH_KEY))
+        conn.getresponse().read()  # the first miss is not part of the stream
+        end = time.monotonic() + a.steady_seconds
+        while time.monotonic() < end:
+            t = time.perf_counter()
+            conn.request("GET", REQ_PATH, headers=bearer(BENCH_KEY))
+            r = conn.getresponse()
+            r.read()
+            lat.append((time.perf_counter() - t) * 1e6)
+            if r.status != 200:
+                raise Failed(f"steady stream: {r.status}")
+            time.sleep(STEADY_EVERY_S)
+        conn.close()
+        counters = envoy.stats("wasmcustom.hokusai_auth.cache")
+    finally:
+        envoy.stop()
+        ctx.keysvc.mode("normal", 0)
+    lat.sort()
+    pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
+    return {"round": rnd, "build": build, "refresh": refresh, "requests": len(lat),
+            "p50_us": pct(0.5), "p99_us": pct(0.99), "max_us": lat[-1],
+            "waited": sum(1 for x in lat if x >= STEADY_DELAY_MS * 1000),
+            "misses": counters.get("wasmcustom.hokusai_auth.cache.miss", 0) - 1,
+            "refreshes": counters.get("wasmcustom.hokusai_auth.cache.refresh", 0)}
+
+
 # --------------------------------------------------------------------------
 # profile (outside the timed rounds)
 
@@ -788,6 +833,34 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     return out
 
 
+def steady_table(steadies: list[dict], a) -> str:
+    if not steadies:
+        return ""
+    lines = ["", "", f"Steady stream: one key, one request every {STEADY_EVERY_S * 1000:.0f} ms on one connection "
+             f"for {a.steady_seconds:.0f} s, cache TTL 1 s, stand-in {STEADY_DELAY_MS} ms (medians over the rounds)",
+             "", "| build | refresh-ahead | p50 µs | p99 µs | max µs | requests that waited for a callout | "
+             "re-validations |", "|---|---|---|---|---|---|---|"]
+    for build in ("wasm", "native"):
+        for refresh in (False, True):
+            ss = [s for s in steadies if s["build"] == build and s["refresh"] == refresh]
+            if ss:
+                lines.append(f"| {build} | {'on (50%)' if refresh else 'off'} | {med([s['p50_us'] for s in ss]):.0f} "
+                             f"| {med([s['p99_us'] for s in ss]):.0f} | {med([s['max_us'] for s in ss]):.0f} "
+                             f"| {', '.join(str(s['waited']) for s in ss)} of ~{ss[0]['requests']} "
+                             f"| {med([s['refreshes'] for s in ss]):.0f} |")
+    return "\n".join(lines)
+
+
+def steady_targets(steadies: list[dict]) -> list[tuple[str, str, str]]:
+    on = [s for s in steadies if s["refresh"]]
+    if not on:
+        return [("refresh-ahead: no request of a steady stream waits for a callout after the first",
+                 "not measured", "–")]
+    waited = max(s["waited"] for s in on)
+    return [("refresh-ahead: no request of a steady stream waits for a callout after the first",
+             f"{waited} waited (max over builds and rounds)", "met" if waited == 0 else "**missed**")]
+
+
 def write_doc(text: str):
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
@@ -818,6 +891,8 @@ def main() -> int:
                     help="requests of the 1-connection latency run per row and round (a fifth for "
                          "the 5 ms rows; 0: skip)")
     ap.add_argument("--burst", type=int, default=64, help="requests in the cold burst")
+    ap.add_argument("--steady-seconds", type=float, default=6.0,
+                    help="length of the steady-stream run (TTL 1 s: as many expiries)")
     ap.add_argument("--burst-workers", type=int, default=2, help="Envoy --concurrency for the cold burst")
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
     ap.add_argument("--seed", type=int, default=None, help="row order shuffle seed")
@@ -883,6 +958,7 @@ def main() -> int:
     results: list[dict] = []
     failures: list[str] = []
     bursts: list[dict] = []
+    steadies: list[dict] = []
     profiles: list[dict] = []
     try:
         keysvc = harness.StandIn("keys", workdir, keys=keys, name="bench-keys")
@@ -931,6 +1007,16 @@ def main() -> int:
                     except (Failed, RuntimeError, TimeoutError, OSError) as e:
                         failures.append(f"round {rnd}, cold burst {delay} ms: {e}")
                         print(f"  cold burst FAILED: {e}", flush=True)
+                for native, refresh in ((False, False), (False, True), (True, False), (True, True)):
+                    try:
+                        st = steady_stream(ctx, rnd, native, refresh)
+                        steadies.append(st)
+                        print(f"  steady {st['build']:6s} refresh {'on ' if refresh else 'off'}: p50 "
+                              f"{st['p50_us']:6.0f} µs  p99 {st['p99_us']:6.0f} µs  max {st['max_us']:6.0f} µs  "
+                              f"waited {st['waited']} of {st['requests']}  refreshes {st['refreshes']}", flush=True)
+                    except (Failed, RuntimeError, TimeoutError, OSError) as e:
+                        failures.append(f"round {rnd}, steady stream: {e}")
+                        print(f"  steady stream FAILED: {e}", flush=True)
         if not args.no_perf and perf_works() and time.monotonic() - started < args.budget_minutes * 60:
             for name in ("noop", "hit"):
                 row = next((r for r in rows() if r.name == name), None)
@@ -945,8 +1031,8 @@ def main() -> int:
 
     summary = summarize(results, all_rows)
     sizes = wasm_sizes()
-    md_table = table(summary, all_rows, bursts, sizes, args)
-    tgt = targets(summary, bursts, sizes, args)
+    md_table = table(summary, all_rows, bursts, sizes, args) + steady_table(steadies, args)
+    tgt = targets(summary, bursts, sizes, args) + steady_targets(steadies)
     elapsed = time.monotonic() - started
 
     print()
@@ -960,6 +1046,7 @@ def main() -> int:
     if ctx_waited := (ctx.quiet_waited if ctx is not None else 0.0):
         print(f"waited {ctx_waited:.0f} s in all for other work on the machine to calm down")
     raw = {"args": vars(args), "seed": seed, "quiet_waited_s": ctx_waited, "results": results, "bursts": bursts,
+           "steady": steadies,
            "profiles": profiles, "summary": summary, "failures": failures, "wasm_sizes": sizes}
     (workdir / "results.json").write_text(json.dumps(raw, indent=1))
     print(f"\nraw results: {workdir / 'results.json'}")

@@ -41,9 +41,12 @@ pub fn due(expires_at_ms: u64, now_ms: u64, ahead_ms: u64) -> bool {
 }
 
 /// The keys a worker has asked to re-validate, each until its job's answer
-/// is due (then it may ask again): one job per key at a time. Bounded.
+/// is due (then it may ask again) or a newer verdict is in the cache (the
+/// answer may land in another worker's cache, as in the native build): one
+/// job per key and verdict at a time. Bounded.
 pub struct Refreshing {
-    until_ms: HashMap<Digest, u64>,
+    /// Key → (ask again after, the expiry of the verdict it was asked for).
+    until_ms: HashMap<Digest, (u64, u64)>,
     capacity: usize,
 }
 
@@ -55,18 +58,20 @@ impl Refreshing {
         }
     }
 
-    /// True if `d` may start a job now (and notes it until `until_ms`).
-    pub fn begin(&mut self, d: Digest, now_ms: u64, until_ms: u64) -> bool {
-        if self.until_ms.get(&d).is_some_and(|u| now_ms < *u) {
+    /// True if `d`, whose verdict expires at `expires_at_ms`, may start a
+    /// job now (and notes it until `until_ms`).
+    pub fn begin(&mut self, d: Digest, expires_at_ms: u64, now_ms: u64, until_ms: u64) -> bool {
+        let asked = |&(until, expiry): &(u64, u64)| now_ms < until && expiry == expires_at_ms;
+        if self.until_ms.get(&d).is_some_and(asked) {
             return false;
         }
         if self.until_ms.len() >= self.capacity {
-            self.until_ms.retain(|_, u| now_ms < *u);
+            self.until_ms.retain(|_, (until, _)| now_ms < *until);
         }
-        if self.until_ms.len() >= self.capacity {
+        if self.until_ms.len() >= self.capacity && !self.until_ms.contains_key(&d) {
             return false;
         }
-        self.until_ms.insert(d, until_ms);
+        self.until_ms.insert(d, (until_ms, expires_at_ms));
         true
     }
 
@@ -91,13 +96,17 @@ mod tests {
     #[test]
     fn one_job_per_key_until_answered_or_overdue_and_bounded() {
         let mut r = Refreshing::new(2);
-        assert!(r.begin([1; 32], 0, 100));
-        assert!(!r.begin([1; 32], 50, 150), "one at a time");
-        assert!(r.begin([1; 32], 100, 200), "overdue: may ask again");
+        assert!(r.begin([1; 32], 9, 0, 100));
+        assert!(!r.begin([1; 32], 9, 50, 150), "one at a time");
+        assert!(r.begin([1; 32], 9, 100, 200), "overdue: may ask again");
         r.end(&[1; 32]);
-        assert!(r.begin([1; 32], 101, 200));
-        assert!(r.begin([2; 32], 101, 200));
-        assert!(!r.begin([3; 32], 101, 200), "full of live jobs");
-        assert!(r.begin([3; 32], 300, 400), "expired ones make room");
+        assert!(r.begin([1; 32], 9, 101, 200));
+        assert!(
+            r.begin([1; 32], 19, 102, 200),
+            "a newer verdict: answered elsewhere"
+        );
+        assert!(r.begin([2; 32], 9, 101, 200));
+        assert!(!r.begin([3; 32], 9, 101, 200), "full of live jobs");
+        assert!(r.begin([3; 32], 9, 300, 400), "expired ones make room");
     }
 }

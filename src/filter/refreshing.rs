@@ -43,7 +43,7 @@ impl Stream {
         if worker
             .cache
             .refreshed_elsewhere(host, &digest, expires_at_ms, self.now_ms)
-            || !refreshing.begin(digest, self.now_ms, until_ms)
+            || !refreshing.begin(digest, expires_at_ms, self.now_ms, until_ms)
         {
             return;
         }
