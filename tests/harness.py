@@ -241,9 +241,10 @@ class Redis:
         self.proc.stop()
 
 
-def as_native(boot: dict) -> None:
+def as_native(boot: dict, struct: bool = False) -> None:
     """Swaps the bootstrap's wasm filter for the dynamic module, with the
-    same plugin JSON and the same stat names (metrics_namespace)."""
+    same plugin JSON and the same stat names (metrics_namespace); with
+    `struct`, the JSON as a google.protobuf.Struct (as Envoy Gateway sends it)."""
     for listener in boot["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for f in chain["filters"]:
@@ -258,6 +259,11 @@ def as_native(boot: dict) -> None:
                         "filter_name": "hokusai_auth",
                         "filter_config": wasm["configuration"],
                     }
+                    if struct:
+                        hf["typed_config"]["filter_config"] = {
+                            "@type": "type.googleapis.com/google.protobuf.Struct",
+                            "value": json.loads(wasm["configuration"]["value"]),
+                        }
 
 
 def plugin_config(**overrides) -> dict:
@@ -281,7 +287,7 @@ class Envoy:
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
                  extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None,
-                 filter: str = FILTER):
+                 filter: str = FILTER, struct_config: bool = False):
         if filter not in ("wasm", "native"):
             raise RuntimeError(f"HOKUSAI_FILTER={filter!r}: wasm or native")
         self.filter = filter
@@ -317,7 +323,7 @@ class Envoy:
             if edit is not None:
                 edit(boot)
             if filter == "native":
-                as_native(boot)
+                as_native(boot, struct_config)
             rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(rendered)

@@ -55,6 +55,13 @@ def test_a_verdict_cached_on_one_worker_is_a_hit_on_the_other(start_envoy, keys,
     assert min(per_worker_connections(e)) > 0
 
 
+def test_the_plugin_json_may_come_as_a_struct_as_envoy_gateway_sends_it(start_envoy, echo):
+    e = native(start_envoy, struct_config=True)
+    r = requests.post(e.url + RUNS_SEARCH, headers={"Authorization": f"Bearer {harness.RW_KEY}"}, timeout=10)
+    assert r.status_code == 200
+    assert {k.lower(): v for k, v in echo.requests()[-1]["headers"]}["x-hokusai-user-id"] == "u_rw"
+
+
 def test_the_global_rate_limit_is_refused_at_load_naming_the_field(workdir, echo, keysvc):
     cfg = harness.plugin_config(rate_limit={"mode": "global", "cluster": "hokusai_ratelimit"})
     with pytest.raises(RuntimeError) as info:
