@@ -6,6 +6,7 @@
 //! integer statuses and every failure becomes a value.
 
 use crate::host::{Headers, Host};
+use crate::logging::{EnvoyLog, ERROR};
 use crate::metrics::{Counter, CALLOUT_LATENCY};
 use crate::refresh::{Refresh, RefreshJob};
 use crate::reply::Reply;
@@ -132,35 +133,7 @@ fn get_pairs(map: u32) -> Headers {
 /// The `log` crate's logger in the wasm build: `proxy_log`, its status
 /// ignored. The SDK's own logger unwraps that status, and a panic stops the
 /// VM for every request.
-struct ProxyLogger;
-
-static LOGGER: ProxyLogger = ProxyLogger;
-
-impl log::Log for ProxyLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        // proxy-wasm log levels: trace 0 … error 4.
-        let level = match record.level() {
-            log::Level::Trace => 0,
-            log::Level::Debug => 1,
-            log::Level::Info => 2,
-            log::Level::Warn => 3,
-            log::Level::Error => 4,
-        };
-        match record.args().as_str() {
-            Some(text) => write_log(level, text),
-            None => write_log(level, &record.args().to_string()),
-        }
-    }
-
-    fn flush(&self) {}
-}
+static LOGGER: EnvoyLog = EnvoyLog { write: write_log };
 
 fn write_log(level: u32, message: &str) {
     // SAFETY: pointer and length of a live &str.
@@ -173,7 +146,10 @@ pub fn install_logging() {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
-        write_log(4, &format!("hokusai-auth: panic, the VM will stop: {info}"));
+        write_log(
+            ERROR,
+            &format!("hokusai-auth: panic, the VM will stop: {info}"),
+        );
     }));
 }
 

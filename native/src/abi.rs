@@ -9,6 +9,7 @@ use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig, StatKind};
 use hokusai_mlflow_auth::filter::Worker;
 use hokusai_mlflow_auth::host::Headers;
+use hokusai_mlflow_auth::logging::{EnvoyLog, ERROR};
 use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::{Cell, RefCell};
@@ -334,61 +335,67 @@ impl Envoy for EnvoyStream {
 
     fn waker(&self) -> Option<Box<dyn Wake>> {
         // SAFETY: a live stream.
-        let scheduler = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
-        (!scheduler.is_null()).then(|| Box::new(Scheduler(scheduler)) as Box<dyn Wake>)
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        Scheduler::boxed(
+            ptr,
+            envoy_dynamic_module_callback_http_filter_scheduler_commit,
+            envoy_dynamic_module_callback_http_filter_scheduler_delete,
+        )
     }
 }
 
-/// Envoy's scheduler for one stream: a commit from any thread runs
-/// `on_http_filter_scheduled` on the stream's worker, or nothing if the
-/// stream is gone by then.
-struct Scheduler(*mut c_void);
+/// One of Envoy's schedulers, a stream's or the filter config's: a commit
+/// from any thread runs the matching `..._scheduled` hook on its owner's
+/// thread (a stream's worker, Envoy's main thread), or nothing if the owner
+/// is gone by then. Deleted once, when dropped.
+struct Scheduler {
+    ptr: *mut c_void,
+    commit: unsafe extern "C" fn(*mut c_void, u64),
+    delete: unsafe extern "C" fn(*mut c_void),
+}
 
-// SAFETY: Envoy's scheduler may be committed to and deleted from any thread.
+// SAFETY: Envoy's schedulers may be committed to and deleted from any thread.
 unsafe impl Send for Scheduler {}
 unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    fn boxed(
+        ptr: *mut c_void,
+        commit: unsafe extern "C" fn(*mut c_void, u64),
+        delete: unsafe extern "C" fn(*mut c_void),
+    ) -> Option<Box<dyn Wake>> {
+        (!ptr.is_null()).then(|| {
+            Box::new(Scheduler {
+                ptr,
+                commit,
+                delete,
+            }) as Box<dyn Wake>
+        })
+    }
+}
 
 impl Wake for Scheduler {
     fn wake(&self) {
         // SAFETY: live until dropped.
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, 0) };
+        unsafe { (self.commit)(self.ptr, 0) };
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        // SAFETY: created by scheduler_new, deleted once.
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) };
-    }
-}
-
-/// The filter config's scheduler: a commit from any worker runs
-/// `on_http_filter_config_scheduled` on Envoy's main thread.
-struct ConfigScheduler(*mut c_void);
-
-// SAFETY: Envoy's scheduler may be committed to and deleted from any thread.
-unsafe impl Send for ConfigScheduler {}
-unsafe impl Sync for ConfigScheduler {}
-
-impl Wake for ConfigScheduler {
-    fn wake(&self) {
-        // SAFETY: live until dropped.
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) };
-    }
-}
-
-impl Drop for ConfigScheduler {
-    fn drop(&mut self) {
-        // SAFETY: created by config_scheduler_new, deleted once.
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) };
+        // SAFETY: made by its scheduler_new, deleted once.
+        unsafe { (self.delete)(self.ptr) };
     }
 }
 
 fn config_scheduler(config: EnvoyPtr) -> Option<Box<dyn Wake>> {
     // SAFETY: Envoy's config pointer, during on_http_filter_config_new.
-    let scheduler =
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
-    (!scheduler.is_null()).then(|| Box::new(ConfigScheduler(scheduler)) as Box<dyn Wake>)
+    let ptr = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config) };
+    Scheduler::boxed(
+        ptr,
+        envoy_dynamic_module_callback_http_filter_config_scheduler_commit,
+        envoy_dynamic_module_callback_http_filter_config_scheduler_delete,
+    )
 }
 
 /// A re-validation as a callout of the filter config (main thread).
@@ -443,35 +450,8 @@ fn define(config: EnvoyPtr, kind: StatKind, name: &str) -> Option<usize> {
 
 // -------------------------------------------------------------- logging --
 
-struct EnvoyLogger;
-
-static LOGGER: EnvoyLogger = EnvoyLogger;
-
-impl log::Log for EnvoyLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &log::Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        // abi.h log levels: trace 0 … error 4.
-        let level = match record.level() {
-            log::Level::Trace => 0,
-            log::Level::Debug => 1,
-            log::Level::Info => 2,
-            log::Level::Warn => 3,
-            log::Level::Error => 4,
-        };
-        match record.args().as_str() {
-            Some(text) => write_log(level, text),
-            None => write_log(level, &record.args().to_string()),
-        }
-    }
-
-    fn flush(&self) {}
-}
+/// The `log` crate's logger in the native build.
+static LOGGER: EnvoyLog = EnvoyLog { write: write_log };
 
 fn write_log(level: u32, message: &str) {
     // SAFETY: Envoy copies the message.
@@ -530,7 +510,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     log::set_max_level(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
         write_log(
-            4,
+            ERROR,
             &format!("hokusai-auth: panic, the request fails closed: {info}"),
         );
     }));

@@ -122,14 +122,8 @@ impl Callouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envoy::CountWakes as Count;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Count(Arc<AtomicUsize>);
-    impl Wake for Count {
-        fn wake(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn one_leads_the_others_join_and_all_are_woken_once() {

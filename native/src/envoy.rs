@@ -26,6 +26,17 @@ pub trait Wake: Send + Sync {
     fn wake(&self);
 }
 
+/// A waker for tests: counts its wakes.
+#[cfg(test)]
+pub struct CountWakes(pub std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+#[cfg(test)]
+impl Wake for CountWakes {
+    fn wake(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// One stream's handle on Envoy.
 pub trait Envoy: Clone {
     fn request_headers(&self) -> Headers;

@@ -63,16 +63,10 @@ impl MainThread {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envoy::CountWakes as Count;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
-
-    struct Count(Arc<AtomicUsize>);
-    impl Wake for Count {
-        fn wake(&self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     fn job(n: u8) -> RefreshJob {
         RefreshJob {

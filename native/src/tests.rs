@@ -2,7 +2,7 @@
 //! order (nothing re-entrant while the core holds a stream), single-flight
 //! across workers, and a panic's 503.
 
-use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
+use crate::envoy::{Attribute, CalloutReply, CountWakes, Envoy, Wake};
 use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig, StatKind};
 use hokusai_mlflow_auth::host::Headers;
@@ -65,14 +65,6 @@ impl Fake {
     }
 }
 
-struct Counted(Arc<AtomicUsize>);
-
-impl Wake for Counted {
-    fn wake(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 impl Envoy for Fake {
     fn request_headers(&self) -> Headers {
         Headers::from_pairs(
@@ -111,7 +103,7 @@ impl Envoy for Fake {
     }
     fn record(&self, _: usize, _: u64) {}
     fn waker(&self) -> Option<Box<dyn Wake>> {
-        Some(Box::new(Counted(Arc::clone(&self.0.wakes))))
+        Some(Box::new(CountWakes(Arc::clone(&self.0.wakes))))
     }
 }
 
@@ -222,14 +214,20 @@ fn a_refusal_reenters_without_a_second_borrow_and_completes_once() {
     f.on_stream_complete();
 }
 
-#[test]
-fn a_second_worker_joins_the_first_workers_callout() {
+/// One request with the same new key on each of two workers, both paused.
+fn one_key_on_two_workers() -> (Fake, Fake, Rc<Filter<Fake>>, Rc<Filter<Fake>>) {
     let cfg = config();
     let (w1, w2) = (worker(&cfg), worker(&cfg));
     let key = unique_key();
     let (a, b) = (Fake::new(&key, PATH), Fake::new(&key, PATH));
     let (fa, fb) = (filter(1, &a, &w1), filter(1, &b, &w2));
     assert!(!fa.on_request_headers() && !fb.on_request_headers());
+    (a, b, fa, fb)
+}
+
+#[test]
+fn a_second_worker_joins_the_first_workers_callout() {
+    let (a, b, fa, fb) = one_key_on_two_workers();
     let callouts = |f: &Fake| {
         f.calls()
             .iter()
@@ -257,12 +255,7 @@ fn a_second_worker_joins_the_first_workers_callout() {
 
 #[test]
 fn a_leader_that_goes_away_wakes_its_joiners_with_no_answer() {
-    let cfg = config();
-    let (w1, w2) = (worker(&cfg), worker(&cfg));
-    let key = unique_key();
-    let (a, b) = (Fake::new(&key, PATH), Fake::new(&key, PATH));
-    let (fa, fb) = (filter(1, &a, &w1), filter(1, &b, &w2));
-    assert!(!fa.on_request_headers() && !fb.on_request_headers());
+    let (_a, b, fa, fb) = one_key_on_two_workers();
     drop(fa);
     assert_eq!(b.0.wakes.load(Ordering::SeqCst), 1);
     fb.on_scheduled();
