@@ -700,11 +700,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         (),
         || filter.fail_closed(),
         || {
-            let reply = if result == CALLOUT_SUCCESS {
-                callout_reply(headers, headers_size, chunks, chunks_size)
-            } else {
-                CalloutReply::default()
-            };
+            let reply = callout_reply(result, (headers, headers_size), (chunks, chunks_size));
             filter.on_callout_done(reply);
         },
     )
@@ -712,11 +708,13 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 
 /// SAFETY: arrays Envoy passed to `http_callout_done`, valid for the call.
 unsafe fn callout_reply(
-    headers: *const Header,
-    n: usize,
-    chunks: *const Buffer,
-    m: usize,
+    result: u32,
+    (headers, n): (*const Header, usize),
+    (chunks, m): (*const Buffer, usize),
 ) -> CalloutReply {
+    if result != CALLOUT_SUCCESS {
+        return CalloutReply::default();
+    }
     let headers: &[Header] = if headers.is_null() {
         &[]
     } else {
@@ -796,11 +794,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout
         (),
         || (),
         || {
-            let reply = if result == CALLOUT_SUCCESS {
-                callout_reply(headers, headers_size, chunks, chunks_size)
-            } else {
-                CalloutReply::default()
-            };
+            let reply = callout_reply(result, (headers, headers_size), (chunks, chunks_size));
             config.refresh_answered(&worker_state(config), callout_id, reply);
         },
     )
