@@ -279,3 +279,19 @@ def test_every_decision_is_counted_and_audited(start_envoy, keys, keysvc):
     allowed = [v for v in lines if v["verdict"] == "allowed"]
     assert {v["key_id"] for v in allowed} == {"k_ro"} and {v["user_id"] for v in allowed} == {"u_ro"}
     assert sorted(v["cache"] for v in allowed) == ["hit", "miss"]
+
+
+@pytest.mark.parametrize("verdict", ["invalid", "garbage"])
+def test_a_request_body_does_not_carry_the_request_past_an_undecided_key(start_envoy, keysvc, echo, verdict):
+    """A body that arrives while the key is being checked waits with the
+    headers: an invalid key or an unavailable key service still refuses it,
+    and nothing reaches the upstream (Envoy continues a stream whose filter
+    lets its body through)."""
+    e = start_envoy()
+    keysvc.mode("garbage" if verdict == "garbage" else "normal", delay_ms=300)
+    echo.clear()
+    key = "hk_test_body_race_" + secrets.token_hex(8)
+    r = requests.post(e.url + RUNS_CREATE, headers={"Authorization": f"Bearer {key}"},
+                      data=b'{"experiment_id": "0"}' * 100, timeout=10)
+    assert r.status_code == (401 if verdict == "invalid" else 503), r.text
+    assert echo.requests() == []

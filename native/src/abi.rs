@@ -29,6 +29,8 @@ const REQUEST_HEADER: u32 = 0;
 const RESPONSE_HEADER: u32 = 2;
 const CONTINUE: u32 = 0;
 const STOP_ITERATION: u32 = 1;
+/// `on_http_filter_request_body_status_StopIterationAndWatermark`.
+const STOP_ITERATION_AND_WATERMARK: u32 = 2;
 const CALLOUT_INIT_SUCCESS: u32 = 0;
 const CALLOUT_SUCCESS: u32 = 0;
 const METRICS_SUCCESS: u32 = 0;
@@ -621,21 +623,33 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     CONTINUE
 }
 
+/// # Safety
+/// `fm` is a live filter pointer.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     _f: EnvoyPtr,
-    _fm: ModulePtr,
+    fm: ModulePtr,
     _eos: bool,
 ) -> u32 {
-    CONTINUE
+    // A body let through while the headers wait would take the request past
+    // its verdict: it waits too (with flow control, not a size limit).
+    match filter(fm) {
+        Some(f) if !guard(true, || true, || f.holds_request()) => CONTINUE,
+        _ => STOP_ITERATION_AND_WATERMARK,
+    }
 }
 
+/// # Safety
+/// `fm` is a live filter pointer.
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     _f: EnvoyPtr,
-    _fm: ModulePtr,
+    fm: ModulePtr,
 ) -> u32 {
-    CONTINUE
+    match filter(fm) {
+        Some(f) if !guard(true, || true, || f.holds_request()) => CONTINUE,
+        _ => STOP_ITERATION,
+    }
 }
 
 #[no_mangle]

@@ -129,6 +129,8 @@ pub struct Filter<E: Envoy> {
     stream: RefCell<Option<Rc<RefCell<Stream>>>>,
     host: Rc<NativeHost<E>>,
     done: Cell<bool>,
+    /// The filter refused the request itself (no stream left to ask).
+    refused: Cell<bool>,
 }
 
 impl<E: Envoy> Filter<E> {
@@ -141,6 +143,7 @@ impl<E: Envoy> Filter<E> {
             stream: RefCell::new(stream),
             host,
             done: Cell::new(false),
+            refused: Cell::new(false),
         }
     }
 
@@ -166,6 +169,15 @@ impl<E: Envoy> Filter<E> {
                 self.refuse(&Denial::NotConfigured);
                 false
             }
+        }
+    }
+
+    /// Whether the request's body (and trailers) must wait: Envoy lets a
+    /// paused request go on when a filter lets its body through.
+    pub fn holds_request(&self) -> bool {
+        match self.stream.borrow().as_ref() {
+            Some(stream) => stream.try_borrow().map_or(true, |s| s.awaiting_verdict()),
+            None => self.refused.get(),
         }
     }
 
@@ -226,6 +238,7 @@ impl<E: Envoy> Filter<E> {
     }
 
     fn refuse(&self, denial: &Denial) {
+        self.refused.set(true);
         self.host.enter(self.ctx, &self.envoy);
         denial.send(self.host.as_ref());
         self.host.run_deferred();

@@ -325,3 +325,23 @@ fn stats_are_defined_once_per_configuration_in_table_order() {
         ))
     );
 }
+
+#[test]
+fn the_body_waits_while_the_key_is_checked_and_goes_on_after() {
+    let cfg = config();
+    let state = worker(&cfg);
+    let fake = Fake::new(&unique_key(), PATH);
+    let f = filter(1, &fake, &state);
+    assert!(!f.holds_request(), "nothing to wait for yet");
+    assert!(!f.on_request_headers());
+    assert!(f.holds_request(), "paused for the callout: the body waits");
+    f.on_callout_done(CalloutReply {
+        status: Some(200),
+        body: GRANT.to_vec(),
+    });
+    assert!(!f.holds_request(), "resumed: the body follows");
+    let refused = Fake::new(&unique_key(), PATH);
+    let g = filter(2, &refused, &state);
+    g.fail_closed();
+    assert!(g.holds_request(), "refused by the filter: nothing goes on");
+}

@@ -430,6 +430,17 @@ impl Stream {
         }
     }
 
+    /// Whether the request waits for its verdict (a callout, another
+    /// stream's callout, the rate limit service): its body must wait too,
+    /// or the host would let the request go on with it.
+    pub fn awaiting_verdict(&self) -> bool {
+        let waiting = matches!(
+            self.state,
+            State::Leading { .. } | State::Waiting { .. } | State::Counting { .. }
+        );
+        waiting || self.deferred.is_some()
+    }
+
     pub fn on_response_headers<H: Host>(&mut self, host: &H) {
         if let Some(w) = &self.window {
             for (name, value) in reply::window_headers(w) {
