@@ -568,7 +568,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_new(
     stream: EnvoyPtr,
 ) -> ModulePtr {
     guard(null(), null, || {
-        let Some(config) = (config as *const Arc<ModuleConfig>).as_ref() else {
+        let Some(config) = module_config(config) else {
             return null();
         };
         let (worker, host) = worker_state(config);

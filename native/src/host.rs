@@ -36,7 +36,7 @@ enum Deferred {
 /// A stream's callout under way.
 pub enum Call {
     /// Its own: `land` hands the answer to the streams that joined it.
-    Own { id: u64, flight: Fingerprint },
+    Own { flight: Fingerprint },
     /// Another worker's, for the same request.
     Joined {
         flight: Fingerprint,
@@ -53,7 +53,7 @@ pub struct NativeHost<E: Envoy> {
     streams: RefCell<HashMap<u32, E>>,
     calls: RefCell<HashMap<u32, Call>>,
     deferred: RefCell<Vec<(E, Deferred)>>,
-    /// The callout answer being delivered.
+    /// The callout answer being delivered (taken by `callout_reply`).
     reply: RefCell<CalloutReply>,
 }
 
@@ -146,7 +146,7 @@ impl<E: Envoy> NativeHost<E> {
         match Callouts::process().lead_or_join(flight, || envoy.waker()) {
             Role::Lead => match envoy.callout(cluster, headers, body, timeout_ms) {
                 Some(id) => {
-                    self.put_call(ctx, Call::Own { id, flight });
+                    self.put_call(ctx, Call::Own { flight });
                     Some(id as u32)
                 }
                 None => {
@@ -204,9 +204,9 @@ impl<E: Envoy> Host for NativeHost<E> {
     }
 
     fn callout_reply(&self, _body_size: usize, max: usize) -> (Option<u16>, Vec<u8>) {
-        let reply = self.reply.borrow();
+        let reply = self.reply.take();
         let body = if reply.body.len() <= max {
-            reply.body.clone()
+            reply.body
         } else {
             Vec::new()
         };

@@ -212,7 +212,6 @@ impl<E: Envoy> Filter<E> {
         let size = reply.body.len();
         self.host.deliver(reply);
         self.with(|s, h| s.on_callout_reply(h, size));
-        self.host.deliver(CalloutReply::default());
     }
 
     /// The stream is over: the audit line, and the waiters of its callout.

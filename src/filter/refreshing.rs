@@ -40,11 +40,15 @@ impl Stream {
         let Ok(mut refreshing) = worker.refreshing.try_borrow_mut() else {
             return;
         };
+        // The cheap check first: while a job is under way, no shared read.
+        if !refreshing.begin(digest, expires_at_ms, self.now_ms, until_ms) {
+            return;
+        }
         if worker
             .cache
             .refreshed_elsewhere(host, &digest, expires_at_ms, self.now_ms)
-            || !refreshing.begin(digest, expires_at_ms, self.now_ms, until_ms)
         {
+            refreshing.end(&digest);
             return;
         }
         let client_ip = validation::client_ip(forwarded_for, host.peer_address().as_deref());
