@@ -123,6 +123,7 @@ class Row:
     hides_key: bool = False  # the upstream never sees Authorization
     global_limit: bool = False  # counts in the rate limit service (on Redis)
     native: bool = False  # the native build (dynamic module) instead of the .wasm
+    so: Path | None = None  # that build's .so (default: harness.NATIVE)
 
 
 def hokusai_config(rate_limit: bool = False, routes: bool = False, global_limit: bool = False) -> dict:
@@ -147,6 +148,13 @@ def rows(variants: list[tuple[str, Path]] = ()) -> list[Row]:
 def variant_rows(name: str, wasm: Path) -> list[Row]:
     """The cache-hit rows again with another build of the filter (--variant),
     so that a change is compared with its baseline in the same run."""
+    if wasm.suffix == ".so":
+        return [
+            Row(f"native_hit@{name}", f"hokusai native, cache hit ({name})", "hokusai", so=wasm,
+                config=hokusai_config(False), auth=True, identity=True, hides_key=True, native=True),
+            Row(f"native_hit_rl@{name}", f"hokusai native, cache hit, rate limit on ({name})", "hokusai",
+                so=wasm, config=hokusai_config(True), auth=True, identity=True, hides_key=True, native=True),
+        ]
     return [
         Row(f"hit@{name}", f"hokusai, cache hit ({name})", "hokusai", wasm=wasm, config=hokusai_config(False),
             auth=True, identity=True, hides_key=True),
@@ -372,6 +380,7 @@ def start_envoy(ctx: Ctx, row: Row, name: str, concurrency: int = 1) -> harness.
         config=row.config or hokusai_config(False), concurrency=concurrency,
         log_level="warning", template=template, extra_vars=extra, name=name,
         ratelimit_port=ctx.rls.port if ctx.rls else None, filter="native" if row.native else "wasm",
+        native=row.so or harness.NATIVE,
     )
 
 
@@ -757,7 +766,7 @@ def table(summary: dict, all_rows: list[Row], bursts: list[dict], sizes: dict, a
             continue
         trio = lambda p, spec: " / ".join(fmt(s[f"{p}_{b}"], spec) for b in ("none", "noop", "api_key_auth"))  # noqa: E731
         wasm = ""
-        built = harness.NATIVE if row.native else row.wasm
+        built = (row.so or harness.NATIVE) if row.native else row.wasm
         if built is not None:
             size = built.stat().st_size
             wasm = f"{size:,} B ({size / 1024:.1f} KiB){' .so' if row.native else ''}"
@@ -909,7 +918,8 @@ def main() -> int:
                     help="a row timed while other work used more than this %% of a core is run again")
     ap.add_argument("--reruns", type=int, default=10, help="at most this many such re-runs in the whole run")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
-                    help="also time the cache-hit rows with this .wasm (rows hit@NAME, hit_rl@NAME), "
+                    help="also time the cache-hit rows with this .wasm (rows hit@NAME, hit_rl@NAME) or "
+                         f"native lib{harness.NATIVE_MODULE}.so (rows native_hit@NAME, native_hit_rl@NAME), "
                          "e.g. a baseline build from scripts/bench-compare.sh; repeatable")
     ap.add_argument("--no-build", action="store_true", help="use the built .wasm files as they are")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf profile of the hit row")
@@ -937,7 +947,11 @@ def main() -> int:
     for v in args.variant:
         name, sep, path = v.partition("=")
         if not sep or not name or not Path(path).is_file():
-            print(f"--variant {v!r}: want NAME=PATH of a built .wasm", file=sys.stderr)
+            print(f"--variant {v!r}: want NAME=PATH of a built .wasm or .so", file=sys.stderr)
+            return 2
+        if Path(path).suffix == ".so" and Path(path).name != harness.NATIVE.name:
+            print(f"--variant {v!r}: Envoy finds the module by its file name, {harness.NATIVE.name}",
+                  file=sys.stderr)
             return 2
         variants.append((name, Path(path).resolve()))
     all_rows = rows(variants)

@@ -287,14 +287,16 @@ class Envoy:
                  template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
                  auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
                  extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None,
-                 filter: str = FILTER, struct_config: bool = False):
+                 filter: str = FILTER, struct_config: bool = False, native: Path = NATIVE):
         if filter not in ("wasm", "native"):
             raise RuntimeError(f"HOKUSAI_FILTER={filter!r}: wasm or native")
         self.filter = filter
         if filter == "wasm" and not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
-        if filter == "native" and not NATIVE.exists():
-            raise RuntimeError(f"{NATIVE} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
+        if filter == "native" and native.name != f"lib{NATIVE_MODULE}.so":
+            raise RuntimeError(f"{native}: Envoy finds the module {NATIVE_MODULE} as lib{NATIVE_MODULE}.so")
+        if filter == "native" and not native.exists():
+            raise RuntimeError(f"{native} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
         binary = envoy_binary()
         if not binary.exists():
             raise RuntimeError(f"no Envoy binary at {binary}: run scripts/setup.sh")
@@ -334,7 +336,7 @@ class Envoy:
             str(binary), "-c", str(self.config_path), "--concurrency", str(concurrency),
             "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
             "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *(extra_args or []),
-        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE.parent)})
+        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(native.parent)})
         self.log_path = self.proc.log_path
         try:
             admin = wait_until("Envoy admin address", self._admin_address, timeout=60)
