@@ -22,6 +22,7 @@ pub mod endpoints;
 pub mod filter;
 pub mod flight;
 pub mod host;
+pub mod key_digests;
 pub mod logging;
 pub mod memo;
 pub mod metrics;

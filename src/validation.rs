@@ -5,6 +5,7 @@
 use crate::config::{AuthService, KeyForm};
 use crate::metrics::Counter;
 use serde::{Deserialize, Serialize};
+use std::rc::Rc;
 
 /// Replies larger than this are not read: a valid reply is a few hundred bytes.
 pub const MAX_REPLY_BYTES: usize = 64 * 1024;
@@ -72,7 +73,7 @@ impl Failure {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    Allowed(Identity),
+    Allowed(Rc<Identity>),
     /// 401: invalid, expired, or not registered for this service.
     Invalid,
     /// 429 from the key service.
@@ -143,7 +144,7 @@ pub fn verdict(status: Option<u16>, body_len: usize, body: &[u8]) -> Verdict {
         None => Verdict::Unavailable(Failure::NoReply),
         Some(200) if body_len > MAX_REPLY_BYTES => Verdict::Unavailable(Failure::TooLarge),
         Some(200) => match serde_json::from_slice::<ValidReply>(body) {
-            Ok(reply) => Verdict::Allowed(reply.identity()),
+            Ok(reply) => Verdict::Allowed(Rc::new(reply.identity())),
             // A JSON object with a field of the wrong type or size.
             Err(e) if e.is_data() && body.trim_ascii_start().starts_with(b"{") => {
                 Verdict::Unavailable(Failure::BadFields)
@@ -285,7 +286,7 @@ mod tests {
 
     fn allowed(json: &str) -> Identity {
         match verdict(Some(200), json.len(), json.as_bytes()) {
-            Verdict::Allowed(i) => i,
+            Verdict::Allowed(i) => Rc::unwrap_or_clone(i),
             other => panic!("{other:?}"),
         }
     }

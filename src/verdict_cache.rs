@@ -17,6 +17,7 @@ use crate::validation::{Identity, Verdict};
 use sha2::{Digest as _, Sha256};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 
 pub type Digest = [u8; 32];
 
@@ -47,6 +48,10 @@ impl Namespace {
         Namespace(short)
     }
 
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The key's digest in this namespace. Only 8 bytes of namespace go in,
     /// so that a 40-byte key still hashes in a single SHA-256 block.
     pub fn digest(&self, key: &str) -> Digest {
@@ -65,7 +70,7 @@ pub fn short_hash(d: &Digest) -> String {
 /// A verdict worth keeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cached {
-    Allowed(Identity),
+    Allowed(Rc<Identity>),
     Invalid,
 }
 
@@ -76,7 +81,7 @@ pub enum Lookup {
     Fresh(Cached, u64),
     /// An expired positive verdict still inside the stale-if-error grace:
     /// usable only if the key service turns out to be unavailable.
-    Stale(Identity),
+    Stale(Rc<Identity>),
     Miss,
 }
 
@@ -193,7 +198,7 @@ impl VerdictCache {
 enum SlotRead {
     /// A verdict and when it expires.
     Fresh(Cached, u64),
-    Stale(Identity),
+    Stale(Rc<Identity>),
     Miss,
 }
 
@@ -263,7 +268,7 @@ impl Entry {
         let expires_at_ms = r.u64()?;
         let verdict = match kind {
             INVALID => Cached::Invalid,
-            ALLOWED => Cached::Allowed(decode_identity(&mut r)?),
+            ALLOWED => Cached::Allowed(Rc::new(decode_identity(&mut r)?)),
             _ => return None,
         };
         if !r.b.is_empty() {
@@ -376,14 +381,14 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn id() -> Identity {
-        Identity {
+    fn id() -> Rc<Identity> {
+        Rc::new(Identity {
             user_id: Some("u_1".into()),
             key_id: Some("k_1".into()),
             scopes: vec!["mlflow:read".into(), "mlflow:write".into()],
             rate_limit_per_hour: Some(500),
             is_admin: true,
-        }
+        })
     }
 
     fn auth(service_id: &str) -> AuthService {
@@ -401,7 +406,7 @@ mod tests {
         for verdict in [
             Cached::Invalid,
             Cached::Allowed(id()),
-            Cached::Allowed(Identity::default()),
+            Cached::Allowed(Rc::default()),
         ] {
             let e = Entry {
                 digest: d,
@@ -526,7 +531,7 @@ mod tests {
             local_capacity: 2,
             ..VerdictCache::new(&cfg.cache)
         };
-        let allowed = Cached::Allowed(Identity::default());
+        let allowed = Cached::Allowed(Rc::default());
         c.local_put([1; 32], allowed.clone(), 100);
         c.local_put([2; 32], Cached::Invalid, 50);
         assert_eq!(

@@ -49,7 +49,7 @@ impl Stream {
     pub(super) fn count_globally<H: Host>(
         &mut self,
         host: &H,
-        id: Identity,
+        id: Rc<Identity>,
         resumed: bool,
     ) -> super::Flow {
         self.await_count(id);
@@ -71,7 +71,7 @@ impl Stream {
     }
 
     /// This stream is to be counted before it goes on.
-    pub(super) fn await_count(&mut self, id: Identity) {
+    pub(super) fn await_count(&mut self, id: Rc<Identity>) {
         let default = self
             .worker
             .cfg
@@ -209,7 +209,7 @@ impl Stream {
 
     /// The rate limit service did not count the request: the route's
     /// `failure_mode` decides.
-    pub(super) fn uncounted<H: Host>(&mut self, host: &H, id: Identity) -> Outcome {
+    pub(super) fn uncounted<H: Host>(&mut self, host: &H, id: Rc<Identity>) -> Outcome {
         let worker = Rc::clone(&self.worker);
         let mode = worker
             .cfg

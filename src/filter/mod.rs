@@ -16,6 +16,7 @@ use crate::denial::Denial;
 use crate::endpoints::{Class, EndpointTable};
 use crate::flight::Flights;
 use crate::host::{Headers, Host};
+use crate::key_digests::KeyDigests;
 use crate::memo::Memo;
 use crate::metrics::Counter;
 use crate::policy;
@@ -53,6 +54,7 @@ pub struct Worker {
     routes: RouteTable,
     /// Each policy's verdict namespace, at its `Config::policy_at` index.
     namespaces: Vec<Namespace>,
+    digests: KeyDigests,
     cache: VerdictCache,
     rate: RateLimiter,
     flights: RefCell<Flights<Waiter>>,
@@ -70,6 +72,7 @@ impl Worker {
             classes: Memo::new(64),
             routes: RouteTable::new(selectors),
             namespaces: cfg.policies().map(|p| Namespace::of(&p.auth)).collect(),
+            digests: KeyDigests::new(cfg.cache.slots as usize),
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
             flights: RefCell::default(),
@@ -85,6 +88,11 @@ impl Worker {
             .or(self.namespaces.first())
             .copied()
             .unwrap_or_else(|| Namespace::of(&self.cfg.policy.auth))
+    }
+
+    /// The key's digest in the namespace of the policy's key service.
+    fn digest(&self, policy: usize, key: &str) -> Digest {
+        self.digests.digest(&self.namespace(policy), key)
     }
 }
 
@@ -104,17 +112,17 @@ enum State {
     /// This stream's callout is in flight.
     Leading {
         digest: Digest,
-        stale: Option<Identity>,
+        stale: Option<Rc<Identity>>,
         since_ms: u64,
     },
     /// Another stream's callout for the same key is in flight.
     Waiting {
         digest: Digest,
-        stale: Option<Identity>,
+        stale: Option<Rc<Identity>>,
     },
     /// Admitted but for the rate limit, which the rate limit service counts.
     Counting {
-        id: Identity,
+        id: Rc<Identity>,
         per_hour: u64,
     },
     Done,
@@ -125,10 +133,10 @@ enum Settled {
     /// Decided here: forward with this identity, or refuse.
     Now(Outcome),
     /// To be counted by the rate limit service first.
-    Count(Identity),
+    Count(Rc<Identity>),
 }
 
-type Outcome = Result<Identity, Denial>;
+type Outcome = Result<Rc<Identity>, Denial>;
 
 pub struct Stream {
     id: u32,
@@ -328,7 +336,7 @@ impl Stream {
         forwarded_for: Option<&[u8]>,
     ) -> Flow {
         let worker = Rc::clone(&self.worker);
-        let digest = worker.namespace(self.policy).digest(&credential.key);
+        let digest = worker.digest(self.policy, &credential.key);
         self.digest = Some(digest);
         self.source = Some(credential.source);
         self.now_ms = host.now_ms();
@@ -373,7 +381,7 @@ impl Stream {
         key: &str,
         forwarded_for: Option<&[u8]>,
         digest: Digest,
-        stale: Option<Identity>,
+        stale: Option<Rc<Identity>>,
     ) -> Flow {
         let worker = Rc::clone(&self.worker);
         let auth = &worker.cfg.policy_at(self.policy).auth;
@@ -490,7 +498,7 @@ impl Stream {
         &mut self,
         host: &H,
         verdict: Verdict,
-        stale: Option<Identity>,
+        stale: Option<Rc<Identity>>,
         resumed: bool,
     ) -> Flow {
         match self.settle(host, verdict, stale) {
@@ -520,7 +528,12 @@ impl Stream {
 
     /// What the verdict, the endpoint's scopes and the key's rate limit (if
     /// counted here) say of the request.
-    fn settle<H: Host>(&mut self, host: &H, verdict: Verdict, stale: Option<Identity>) -> Settled {
+    fn settle<H: Host>(
+        &mut self,
+        host: &H,
+        verdict: Verdict,
+        stale: Option<Rc<Identity>>,
+    ) -> Settled {
         self.state = State::Done;
         let id = match self.identity(host, verdict, stale) {
             Ok(id) => id,
@@ -548,8 +561,8 @@ impl Stream {
         &mut self,
         host: &H,
         verdict: Verdict,
-        stale: Option<Identity>,
-    ) -> Result<Identity, Denial> {
+        stale: Option<Rc<Identity>>,
+    ) -> Result<Rc<Identity>, Denial> {
         match (verdict, stale) {
             (Verdict::Allowed(id), _) => Ok(id),
             (Verdict::Unavailable(_), Some(id)) => {
