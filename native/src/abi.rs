@@ -7,13 +7,13 @@
 use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
 use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig, StatKind};
+use fnv::FnvHashMap;
 use hokusai_mlflow_auth::filter::Worker;
 use hokusai_mlflow_auth::host::Headers;
 use hokusai_mlflow_auth::logging::{EnvoyLog, ERROR};
 use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::os::raw::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -483,8 +483,9 @@ type WorkerState = (
 
 thread_local! {
     /// Each configuration's state on this worker thread, by its address
-    /// (the Weak keeps the address from being reused while listed).
-    static WORKERS: RefCell<HashMap<usize, WorkerState>> = RefCell::default();
+    /// (the Weak keeps the address from being reused while listed; read on
+    /// every request, and no client picks it: a plain FNV hash).
+    static WORKERS: RefCell<FnvHashMap<usize, WorkerState>> = RefCell::default();
     static NEXT_CONTEXT: Cell<u32> = const { Cell::new(1) };
 }
 

@@ -11,12 +11,12 @@ use crate::coalesce::{fingerprint, Callouts, Fingerprint, Joiner, Role};
 use crate::envoy::{Attribute, CalloutReply, Envoy};
 use crate::main_thread::MainThread;
 use crate::shared::SharedData;
+use fnv::FnvHashMap;
 use hokusai_mlflow_auth::host::{Headers, Host};
 use hokusai_mlflow_auth::metrics::Counter;
 use hokusai_mlflow_auth::refresh::RefreshJob;
 use hokusai_mlflow_auth::reply::Reply;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,9 +49,10 @@ pub struct NativeHost<E: Envoy> {
     main: Arc<MainThread>,
     /// The stream hostcalls act on (`switch_to` changes it).
     current: RefCell<Option<(u32, E)>>,
-    /// This worker's live streams, by context id.
-    streams: RefCell<HashMap<u32, E>>,
-    calls: RefCell<HashMap<u32, Call>>,
+    /// This worker's live streams, by context id (ours, sequential: a
+    /// plain FNV hash, no keyed one, on this per-request path).
+    streams: RefCell<FnvHashMap<u32, E>>,
+    calls: RefCell<FnvHashMap<u32, Call>>,
     deferred: RefCell<Vec<(E, Deferred)>>,
     /// The callout answer being delivered (taken by `callout_reply`).
     reply: RefCell<CalloutReply>,
