@@ -124,6 +124,9 @@ fn is_protected(name: &str, cfg: &Config) -> bool {
 /// The query without any key parameter, the rest kept byte for byte; None
 /// when there was none.
 pub fn remove_query_key(query: &str) -> Option<String> {
+    if !may_carry(query, QUERY_PARAM) {
+        return None;
+    }
     let mut removed = false;
     let kept: Vec<&str> = query
         .split('&')
@@ -286,9 +289,19 @@ pub fn query_values<'q>(
     query: &'q str,
     name: &'q str,
 ) -> impl Iterator<Item = Result<String, CredentialError>> + 'q {
-    form_urlencoded::parse(query.as_bytes())
+    may_carry(query, name)
+        .then(|| form_urlencoded::parse(query.as_bytes()))
+        .into_iter()
+        .flatten()
         .filter(move |(k, _)| k == name)
         .map(|(_, v)| Ok(v.into_owned()))
+}
+
+/// Whether a query may have parameter `name` (which has no `+`): the name
+/// spelled out, or an escape that could spell it. Most queries have
+/// neither and are not parsed (every request's query is looked at twice).
+fn may_carry(query: &str, name: &str) -> bool {
+    query.contains(name) || query.contains('%')
 }
 
 /// Whether a raw (possibly percent-encoded) parameter name decodes to

@@ -23,6 +23,9 @@ fn tricky() -> impl Strategy<Value = Vec<u8>> {
         Just(b"/".to_vec()),
         Just(b"..".to_vec()),
         Just(b"api_key=".to_vec()),
+        Just(b"api%5Fkey=".to_vec()),
+        Just(b"api%5fke%79=".to_vec()),
+        Just(b"api+key=".to_vec()),
         Just(b"&".to_vec()),
         Just(b"?".to_vec()),
         Just(b"Bearer ".to_vec()),
@@ -68,8 +71,15 @@ proptest! {
                 prop_assert_eq!(credential::query_values(&stripped, QUERY_PARAM).count(), 0);
                 prop_assert_eq!(stripped, others.join("&"));
             }
-            None => prop_assert_eq!(credential::query_values(&q, QUERY_PARAM).count(), 0),
+            None => {
+                prop_assert_eq!(credential::query_values(&q, QUERY_PARAM).count(), 0);
+                prop_assert_eq!(others.len(), q.split('&').count(), "a key pair was left in");
+            }
         }
+        // The values found are those a full parse finds (queries without the
+        // name or an escape are not parsed at all).
+        let parsed = form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == QUERY_PARAM).count();
+        prop_assert_eq!(credential::query_values(&q, QUERY_PARAM).count(), parsed);
     }
 
     #[test]
