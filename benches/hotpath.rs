@@ -43,6 +43,9 @@ impl Host for NullHost {
     fn set_request_header(&self, _: &str, _: Option<&str>) {
         self.call();
     }
+    fn add_request_header(&self, _: &str, _: &str) {
+        self.call();
+    }
     fn add_response_header(&self, _: &str, _: &str) {
         self.call();
     }

@@ -58,6 +58,15 @@ impl Host for FakeHost {
             h.push((name.to_string(), v.as_bytes().to_vec()));
         }
     }
+    fn add_request_header(&self, name: &str, value: &str) {
+        let mut all = self.headers.borrow_mut();
+        let h = all.entry(self.ctx.get()).or_default();
+        assert!(
+            h.iter().all(|(k, _)| k != name),
+            "{name} added to a request that has it"
+        );
+        h.push((name.to_string(), value.as_bytes().to_vec()));
+    }
     fn add_response_header(&self, name: &str, value: &str) {
         self.response_headers
             .borrow_mut()

@@ -118,6 +118,13 @@ fn property(path: &str) -> Option<String> {
     String::from_utf8(value).ok()
 }
 
+fn add_header(map: u32, name: &str, value: &str) {
+    // SAFETY: pointers and lengths of live strings.
+    unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
 fn get_pairs(map: u32) -> Headers {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: the host writes a buffer it allocated with our allocator.
@@ -245,17 +252,12 @@ impl Host for WasmHost {
         }
     }
 
+    fn add_request_header(&self, name: &str, value: &str) {
+        add_header(MAP_REQUEST_HEADERS, name, value);
+    }
+
     fn add_response_header(&self, name: &str, value: &str) {
-        // SAFETY: pointers and lengths of live strings.
-        unsafe {
-            proxy_add_header_map_value(
-                MAP_RESPONSE_HEADERS,
-                name.as_ptr(),
-                name.len(),
-                value.as_ptr(),
-                value.len(),
-            );
-        }
+        add_header(MAP_RESPONSE_HEADERS, name, value);
     }
 
     fn send_reply(&self, reply: &Reply) {

@@ -220,6 +220,17 @@ fn define_header_maps(linker: &mut Linker<Envoy>) {
     linker
         .func_wrap(
             "env",
+            "proxy_add_header_map_value",
+            |mut c: Caller<'_, Envoy>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
+                let (k, v) = (read_str(&c, kp, kl), read(&c, vp, vl));
+                map_of(c.data_mut(), map).push((k, v));
+                OK
+            },
+        )
+        .unwrap();
+    linker
+        .func_wrap(
+            "env",
             "proxy_remove_header_map_value",
             |mut c: Caller<'_, Envoy>, map: i32, kp: i32, kl: i32| -> i32 {
                 let k = read_str(&c, kp, kl);

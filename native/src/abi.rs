@@ -192,6 +192,20 @@ extern "C" {
 #[derive(Clone, Copy)]
 pub struct EnvoyStream(EnvoyPtr);
 
+impl EnvoyStream {
+    fn add_header(&self, kind: u32, name: &str, value: &str) {
+        // SAFETY: a live stream; Envoy copies the buffers.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                kind,
+                Buffer::of(name.as_bytes()),
+                Buffer::of(value.as_bytes()),
+            );
+        }
+    }
+}
+
 impl Envoy for EnvoyStream {
     fn request_headers(&self) -> Headers {
         // SAFETY: a live stream; `out` has room for the size Envoy gave.
@@ -224,16 +238,12 @@ impl Envoy for EnvoyStream {
         }
     }
 
+    fn add_request_header(&self, name: &str, value: &str) {
+        self.add_header(REQUEST_HEADER, name, value);
+    }
+
     fn add_response_header(&self, name: &str, value: &str) {
-        // SAFETY: a live stream; Envoy copies the buffers.
-        unsafe {
-            envoy_dynamic_module_callback_http_add_header(
-                self.0,
-                RESPONSE_HEADER,
-                Buffer::of(name.as_bytes()),
-                Buffer::of(value.as_bytes()),
-            );
-        }
+        self.add_header(RESPONSE_HEADER, name, value);
     }
 
     fn clear_route_cache(&self) {

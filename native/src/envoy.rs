@@ -42,6 +42,7 @@ pub trait Envoy: Clone {
     fn request_headers(&self) -> Headers;
     /// Replaces every value of `name`, or removes them all with None.
     fn set_request_header(&self, name: &str, value: Option<&str>);
+    fn add_request_header(&self, name: &str, value: &str);
     fn add_response_header(&self, name: &str, value: &str);
     /// Makes Envoy match the route again (after a `:path` rewrite).
     fn clear_route_cache(&self);

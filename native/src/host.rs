@@ -180,6 +180,10 @@ impl<E: Envoy> Host for NativeHost<E> {
         });
     }
 
+    fn add_request_header(&self, name: &str, value: &str) {
+        self.with_current(|_, e| e.add_request_header(name, value));
+    }
+
     fn add_response_header(&self, name: &str, value: &str) {
         self.with_current(|_, e| e.add_response_header(name, value));
     }

@@ -20,6 +20,7 @@ const GRANT: &[u8] = br#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Call {
     Set(String, Option<String>),
+    Add(String, String),
     Send(u32, String),
     Continue,
     RouteAgain,
@@ -76,6 +77,9 @@ impl Envoy for Fake {
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         self.note(Call::Set(name.into(), value.map(Into::into)));
+    }
+    fn add_request_header(&self, name: &str, value: &str) {
+        self.note(Call::Add(name.into(), value.into()));
     }
     fn add_response_header(&self, _: &str, _: &str) {}
     fn clear_route_cache(&self) {
@@ -170,7 +174,7 @@ fn a_valid_key_is_resumed_after_its_headers_are_set() {
     );
     let user = calls
         .iter()
-        .position(|c| *c == Call::Set("x-hokusai-user-id".into(), Some("u_1".into())));
+        .position(|c| *c == Call::Add("x-hokusai-user-id".into(), "u_1".into()));
     let resumed = calls.iter().position(|c| *c == Call::Continue);
     assert!(
         user.is_some() && resumed.is_some() && user < resumed,

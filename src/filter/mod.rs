@@ -609,12 +609,14 @@ impl Stream {
         if self.whoami {
             return self.answer_whoami(host, id);
         }
+        // Added, not set: any value the client sent went with the
+        // credentials, when the request's headers were read.
         let cfg = &self.worker.cfg;
         if let Some(u) = &id.user_id {
-            host.set_request_header(&cfg.user_id_header, Some(u));
+            host.add_request_header(&cfg.user_id_header, u);
         }
         if let Some(k) = &id.key_id {
-            host.set_request_header(&cfg.key_id_header, Some(k));
+            host.add_request_header(&cfg.key_id_header, k);
         }
         host.count(Counter::Allowed);
         self.decided("allowed");
