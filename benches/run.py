@@ -45,6 +45,9 @@ NOOP_MANIFEST = BENCH / "noop-filter/Cargo.toml"
 # Built outside benches/ (target/ is ignored by git).
 NOOP_TARGET_DIR = ROOT / "target/noop-filter"
 NOOP_WASM = NOOP_TARGET_DIR / "wasm32-wasip1/release/noop_filter.wasm"
+NOOP_MODULE_MANIFEST = BENCH / "noop-module/Cargo.toml"
+NOOP_MODULE_TARGET_DIR = ROOT / "target/noop-module"
+NOOP_MODULE = NOOP_MODULE_TARGET_DIR / "release/libnoop_module.so"
 TEMPLATE = BENCH / "envoy-bench.yaml"
 FILTERS = BENCH / "filters"
 DOC = ROOT / "docs/benchmarks.md"
@@ -167,6 +170,8 @@ def base_rows(hw: Path) -> list[Row]:
     return [
         Row("none", "no auth filter (ceiling)", "none"),
         Row("noop", "no-op wasm filter (floor)", "noop-wasm", wasm=NOOP_WASM),
+        Row("native_noop", "no-op dynamic module (floor of the native build)", "hokusai", so=NOOP_MODULE,
+            native=True),
         Row("api_key_auth", "native api_key_auth (static key list)", "api-key-auth",
             auth=True, identity=True, hides_key=True),
         Row("hit", "hokusai, cache hit", "hokusai", wasm=hw, config=hokusai_config(False),
@@ -481,7 +486,7 @@ def run_row(ctx: Ctx, row: Row, rnd: int) -> dict:
         raise Failed(f"{callouts:.4f} callouts per request, want {row.callouts}")
     delta = {k.split("wasmcustom.hokusai_auth.", 1)[-1]: s1.get(k, 0) - s0.get(k, 0)
              for k in s1 if s1.get(k, 0) != s0.get(k, 0)}
-    if row.filter == "hokusai":
+    if row.filter == "hokusai" and row.auth:
         want = "cache.hit" if not row.distinct_keys else "cache.miss"
         if delta.get(want, 0) < n:
             raise Failed(f"filter counted {delta.get(want, 0)} {want} for {n} requests: {delta}")
@@ -812,12 +817,16 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     check("rate limit on ≤ +3 µs Envoy CPU/request over the cache hit", v, v is not None and v <= 3,
           f"{fmt(v, '+.1f')} µs")
     native = summary.get("native_hit", {})
+    # Beside each native target, what the floor rows reach in the same run:
+    # no filter at all, and a dynamic module that does nothing.
+    floor = summary.get("native_noop", {}).get("cpu_x_api_key_auth")
     v = native.get("cpu_x_api_key_auth")
     check("native cache hit ≤ 1.05× api_key_auth Envoy CPU/request", v, v is not None and v <= 1.05,
-          f"{fmt(v, '.3f')}×")
+          f"{fmt(v, '.3f')}× (the no-op dynamic module: {fmt(floor, '.3f')}×)")
     v = native.get("rps_x_ext_authz")
+    ceiling = summary.get("none", {}).get("rps_x_ext_authz")
     check("native cache hit ≥ 2× the ext_authz row's req/s (stand-in instant)", v, v is not None and v >= 2,
-          f"{fmt(v, '.2f')}×")
+          f"{fmt(v, '.2f')}× (no filter at all: {fmt(ceiling, '.2f')}×)")
     v = summary.get("native_hit_rl", {}).get("cpu_d_native_hit")
     check("native: rate limit on ≤ +3 µs Envoy CPU/request over the native cache hit", v,
           v is not None and v <= 3, f"{fmt(v, '+.1f')} µs")
@@ -885,10 +894,12 @@ def build(args):
         return
     print("build: scripts/setup.sh --bench", flush=True)
     subprocess.run(["bash", str(ROOT / "scripts/setup.sh"), "--bench"], cwd=ROOT, check=True, timeout=1800)
-    print("build: benches/noop-filter", flush=True)
+    print("build: benches/noop-filter, benches/noop-module", flush=True)
     subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                     str(NOOP_MANIFEST), "--target-dir", str(NOOP_TARGET_DIR)],
                    cwd=ROOT, check=True, timeout=900)
+    subprocess.run(["cargo", "build", "--release", "--manifest-path", str(NOOP_MODULE_MANIFEST),
+                    "--target-dir", str(NOOP_MODULE_TARGET_DIR)], cwd=ROOT, check=True, timeout=900)
 
 
 def main() -> int:
@@ -923,6 +934,8 @@ def main() -> int:
                          "e.g. a baseline build from scripts/bench-compare.sh; repeatable")
     ap.add_argument("--no-build", action="store_true", help="use the built .wasm files as they are")
     ap.add_argument("--no-perf", action="store_true", help="skip the perf profile of the hit row")
+    ap.add_argument("--no-streams", action="store_true",
+                    help="skip the cold bursts and steady streams (a comparison of CPU per request)")
     ap.add_argument("--no-doc", action="store_true", help=f"do not write {DOC.relative_to(ROOT)}")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = ap.parse_args()
@@ -938,7 +951,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is missing: run scripts/setup.sh --bench (it installs Debian's wrk)", file=sys.stderr)
         return 2
-    for p in (harness.WASM, NOOP_WASM, harness.STANDIN):
+    for p in (harness.WASM, NOOP_WASM, NOOP_MODULE, harness.NATIVE, harness.STANDIN):
         if not p.exists():
             print(f"{p} is missing: run without --no-build", file=sys.stderr)
             return 2
@@ -1012,7 +1025,7 @@ def main() -> int:
                       f"CPU {r['cpu_us_per_req']:6.1f} µs/req (sched {r['cpu_sched_us_per_req']:6.1f})  "
                       f"Envoy {r['envoy_core_pct']:3.0f}% core  other load {r['other_core_pct']:3.0f}%  "
                       f"callouts {r['callouts_per_req']:.3f}", flush=True)
-            if any(r.filter == "hokusai" for r in all_rows) or not args.rows:
+            if not args.no_streams and (any(r.filter == "hokusai" for r in all_rows) or not args.rows):
                 for delay, native in ((0, False), (5, False), (0, True), (5, True)):
                     try:
                         b = cold_burst(ctx, rnd, delay, native)

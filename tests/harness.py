@@ -241,7 +241,7 @@ class Redis:
         self.proc.stop()
 
 
-def as_native(boot: dict, struct: bool = False) -> None:
+def as_native(boot: dict, struct: bool = False, module: str = NATIVE_MODULE) -> None:
     """Swaps the bootstrap's wasm filter for the dynamic module, with the
     same plugin JSON and the same stat names (metrics_namespace); with
     `struct`, the JSON as a google.protobuf.Struct (as Envoy Gateway sends it)."""
@@ -254,7 +254,7 @@ def as_native(boot: dict, struct: bool = False) -> None:
                     wasm = hf["typed_config"]["config"]
                     hf["typed_config"] = {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-                        "dynamic_module_config": {"name": NATIVE_MODULE, "do_not_close": True,
+                        "dynamic_module_config": {"name": module, "do_not_close": True,
                                                   "metrics_namespace": "wasmcustom"},
                         "filter_name": "hokusai_auth",
                         "filter_config": wasm["configuration"],
@@ -293,8 +293,10 @@ class Envoy:
         self.filter = filter
         if filter == "wasm" and not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
-        if filter == "native" and native.name != f"lib{NATIVE_MODULE}.so":
-            raise RuntimeError(f"{native}: Envoy finds the module {NATIVE_MODULE} as lib{NATIVE_MODULE}.so")
+        # Envoy finds a module by its name, the file lib<name>.so.
+        module = native.name.removeprefix("lib").removesuffix(".so")
+        if filter == "native" and native.name != f"lib{module}.so":
+            raise RuntimeError(f"{native}: a dynamic module is a file lib<name>.so")
         if filter == "native" and not native.exists():
             raise RuntimeError(f"{native} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
         binary = envoy_binary()
@@ -325,7 +327,7 @@ class Envoy:
             if edit is not None:
                 edit(boot)
             if filter == "native":
-                as_native(boot, struct_config)
+                as_native(boot, struct_config, module)
             rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(rendered)
