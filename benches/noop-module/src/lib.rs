@@ -30,7 +30,7 @@ fn something() -> ModulePtr {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    b"v0.2.0\0".as_ptr() as *const c_char
+    c"v0.2.0".as_ptr()
 }
 
 #[no_mangle]
@@ -219,4 +219,5 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: ModulePtr) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: ModulePtr) {
+}
