@@ -64,7 +64,7 @@ fi
 commit=$(git describe --always --dirty 2>/dev/null || echo dev)
 HOKUSAI_BUILD=$commit cargo build --release --target wasm32-wasip1 -p hokusai-mlflow-auth
 # Binaryen's size optimizer on the module, in place: about 80 KiB smaller,
-# the same instructions per request (benches/README.md). The features are
+# about the same instructions per request (benches/README.md). The features are
 # those rustc enables for wasm32-wasip1 (`rustc --print cfg`); the stamp is
 # the optimized module's digest, so an unchanged build is not redone.
 wasm=target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm
