@@ -11,25 +11,24 @@
 //! fingerprint; two keys meet by chance with probability 2^-128. (One seed
 //! and two tags rather than two seeds: std draws a thread's second seed as
 //! the first plus one.) The key itself is not kept, only its fingerprint
-//! and digest. Direct-mapped: a new key takes the place of the one before.
+//! and digest, in a `DirectMap` (a new key takes the place of the one
+//! before it).
 
+use crate::memo::DirectMap;
 use crate::verdict_cache::{Digest, Namespace};
-use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 pub struct KeyDigests {
     seed: RandomState,
-    entries: RefCell<Vec<Option<(u128, Digest)>>>,
-    size: usize,
+    table: DirectMap<u128, Digest>,
 }
 
 impl KeyDigests {
     pub fn new(size: usize) -> Self {
         Self {
             seed: RandomState::new(),
-            entries: RefCell::default(),
-            size: size.max(1),
+            table: DirectMap::new(size),
         }
     }
 
@@ -37,22 +36,12 @@ impl KeyDigests {
     /// keeps its place).
     pub fn digest(&self, namespace: &Namespace, key: &str) -> Digest {
         let fingerprint = self.fingerprint(namespace, key);
-        let i = (fingerprint % self.size as u128) as usize;
-        let Ok(mut entries) = self.entries.try_borrow_mut() else {
-            return namespace.digest(key);
-        };
-        if entries.is_empty() {
-            entries.resize(self.size, None);
-        }
-        match entries.get_mut(i) {
-            Some(Some((f, d))) if *f == fingerprint => *d,
-            Some(entry) => {
-                let d = namespace.digest(key);
-                *entry = Some((fingerprint, d));
-                d
-            }
-            None => namespace.digest(key),
-        }
+        self.table.get_or(
+            fingerprint as u64,
+            |f| *f == fingerprint,
+            || fingerprint,
+            || namespace.digest(key),
+        )
     }
 
     fn fingerprint(&self, namespace: &Namespace, key: &str) -> u128 {
@@ -102,13 +91,12 @@ mod tests {
     fn a_known_key_is_not_hashed_again() {
         let ns = namespace("platform");
         let table = KeyDigests::new(16);
-        let d = table.digest(&ns, "hk_test_a");
-        let i = (table.fingerprint(&ns, "hk_test_a") % 16) as usize;
-        // A planted digest is what the table answers: the key was found by
+        // A planted digest is what the table answers: the key is found by
         // its fingerprint, not digested again.
-        table.entries.borrow_mut()[i] = Some((table.fingerprint(&ns, "hk_test_a"), [9; 32]));
+        let f = table.fingerprint(&ns, "hk_test_a");
+        table.table.get_or(f as u64, |_| false, || f, || [9; 32]);
         assert_eq!(table.digest(&ns, "hk_test_a"), [9; 32]);
-        assert_ne!(d, [9; 32]);
+        assert_ne!(ns.digest("hk_test_a"), [9; 32]);
     }
 
     #[test]

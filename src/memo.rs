@@ -2,6 +2,7 @@
 //! strings to a value that depends on nothing else. MLflow clients call a
 //! handful of endpoints on a handful of routes over and over, so the memo
 //! spares the policy-table walk and the route match on almost every request.
+//! The table itself (`DirectMap`) also keeps each worker's key digests.
 
 use std::cell::RefCell;
 use std::hash::Hasher;
@@ -9,19 +10,58 @@ use std::hash::Hasher;
 /// Longer keys (artifact paths) are computed without being remembered.
 const MAX_KEY: usize = 200;
 
-/// A remembered key (its parts) and value.
-type Entry<V> = (Box<[String]>, V);
+/// A direct-mapped table, sized on first use: slot `hash % size` holds one
+/// key and its value, and a new key takes the place of the one before.
+pub struct DirectMap<K, V> {
+    entries: RefCell<Vec<Option<(K, V)>>>,
+    size: usize,
+}
+
+impl<K, V: Clone> DirectMap<K, V> {
+    pub fn new(size: usize) -> Self {
+        Self {
+            entries: RefCell::default(),
+            size: size.max(1),
+        }
+    }
+
+    /// The value in `hash`'s slot if `is_key` owns the slot, else
+    /// `compute()`, kept there under `key()` (whatever it replaces).
+    pub fn get_or(
+        &self,
+        hash: u64,
+        is_key: impl FnOnce(&K) -> bool,
+        key: impl FnOnce() -> K,
+        compute: impl FnOnce() -> V,
+    ) -> V {
+        let i = (hash % self.size as u64) as usize;
+        let Ok(mut entries) = self.entries.try_borrow_mut() else {
+            return compute();
+        };
+        if entries.is_empty() {
+            entries.resize_with(self.size, || None);
+        }
+        match entries.get_mut(i) {
+            Some(Some((k, v))) if is_key(k) => v.clone(),
+            Some(entry) => {
+                let v = compute();
+                *entry = Some((key(), v.clone()));
+                v
+            }
+            None => compute(),
+        }
+    }
+}
 
 pub struct Memo<V> {
-    entries: RefCell<Vec<Option<Entry<V>>>>,
-    size: usize,
+    /// Keyed by the key's parts.
+    table: DirectMap<Box<[String]>, V>,
 }
 
 impl<V: Clone> Memo<V> {
     pub fn new(size: usize) -> Self {
         Self {
-            entries: RefCell::default(),
-            size: size.max(1),
+            table: DirectMap::new(size),
         }
     }
 
@@ -31,33 +71,22 @@ impl<V: Clone> Memo<V> {
         if key.iter().map(|k| k.len()).sum::<usize>() > MAX_KEY {
             return compute();
         }
-        let i = self.position(key);
-        let Ok(mut entries) = self.entries.try_borrow_mut() else {
-            return compute();
-        };
-        if entries.is_empty() {
-            entries.resize_with(self.size, || None);
-        }
-        match entries.get_mut(i) {
-            Some(Some((k, v))) if k.iter().map(String::as_str).eq(key.iter().copied()) => v.clone(),
-            Some(entry) => {
-                let v = compute();
-                let k = key.iter().map(|k| k.to_string()).collect();
-                *entry = Some((k, v.clone()));
-                v
-            }
-            None => compute(),
-        }
+        self.table.get_or(
+            hash(key),
+            |k| k.iter().map(String::as_str).eq(key.iter().copied()),
+            || key.iter().map(|k| k.to_string()).collect(),
+            compute,
+        )
     }
+}
 
-    fn position(&self, key: &[&str]) -> usize {
-        let mut h = fnv::FnvHasher::default();
-        for part in key {
-            h.write(part.as_bytes());
-            h.write_u8(0);
-        }
-        (h.finish() % self.size as u64) as usize
+fn hash(key: &[&str]) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    for part in key {
+        h.write(part.as_bytes());
+        h.write_u8(0);
     }
+    h.finish()
 }
 
 #[cfg(test)]
