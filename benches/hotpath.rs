@@ -7,12 +7,12 @@
 //! It counts the hostcalls per request too, since in Envoy each one crosses
 //! the VM boundary.
 
-use hokusai_mlflow_auth::config::Config;
-use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
-use hokusai_mlflow_auth::host::{Headers, Host};
-use hokusai_mlflow_auth::metrics::Counter;
-use hokusai_mlflow_auth::refresh::RefreshJob;
-use hokusai_mlflow_auth::reply::Reply;
+use hokusai_mlflow_auth::Config;
+use hokusai_mlflow_auth::Counter;
+use hokusai_mlflow_auth::RefreshJob;
+use hokusai_mlflow_auth::Reply;
+use hokusai_mlflow_auth::{Flow, Stream, Worker};
+use hokusai_mlflow_auth::{Headers, Host};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hint::black_box;

@@ -2,9 +2,9 @@
 //! request state machine runs the same against Envoy and a test fake. Logs
 //! go through the `log` crate, whose logger each host installs.
 
-use crate::metrics::Counter;
-use crate::refresh::RefreshJob;
-use crate::reply::Reply;
+use crate::observability::metrics::Counter;
+use crate::types::RefreshJob;
+use crate::types::Reply;
 use std::time::Duration;
 
 /// A header map as proxy-wasm serializes it (count, then name and value

@@ -1,6 +1,16 @@
-//! Hokusai API-key authentication for the MLflow client, as a proxy-wasm
-//! HTTP filter. Pure logic lives in host-free modules; `plugin` and
-//! `wasm_host` are the only code that knows about proxy-wasm.
+//! Hokusai API-key authentication for the MLflow client: the filter's logic,
+//! host-free, shipped twice: as a proxy-wasm HTTP filter (`wasm/`, compiled
+//! for wasm32 only) and as an Envoy dynamic module (the `native/` crate).
+//! The folders are layers, each using only those below it:
+//!
+//! - `types` (the shared vocabulary), `tables`, `observability`: the bottom;
+//! - `host`: the one trait through which everything talks to Envoy;
+//! - `config`: the checked configuration and its parsing;
+//! - `request`: a request's own facts (its key, path, endpoint, scopes);
+//! - `verdict`: who a key belongs to (key service, cache, single-flight,
+//!   refresh-ahead); `limits`: the local and global rate limits;
+//! - `outcome`: what the client is told (denials, whoami) and the audit line;
+//! - `filter`: the request state machine that runs the steps in order.
 
 #![cfg_attr(
     not(test),
@@ -14,36 +24,26 @@
     )
 )]
 
-pub mod audit;
-pub mod config;
-pub mod credential;
-pub mod denial;
-pub mod endpoints;
-pub mod filter;
-pub mod flight;
-pub mod host;
-pub mod key_digests;
-pub mod logging;
-pub mod memo;
-pub mod metrics;
-pub mod policy;
-pub mod ratelimit;
-pub mod refresh;
-pub mod reply;
-pub mod rewrite;
-pub mod rls;
-pub mod routes;
-pub mod sections;
-pub mod slots;
-pub mod validation;
-pub mod verdict_cache;
-pub mod whoami;
+mod config;
+mod filter;
+mod host;
+mod limits;
+mod observability;
+mod outcome;
+mod request;
+mod tables;
+mod types;
+mod verdict;
 
 #[cfg(test)]
-mod filter_tests;
-#[cfg(test)]
-mod fuzz_tests;
+mod tests;
 #[cfg(target_arch = "wasm32")]
-mod plugin;
-#[cfg(target_arch = "wasm32")]
-mod wasm_host;
+mod wasm;
+
+pub use config::Config;
+pub use filter::{Flow, Stream, Worker};
+pub use host::{Headers, Host};
+pub use observability::logging::{EnvoyLog, ERROR};
+pub use observability::metrics::{Counter, CALLOUT_LATENCY};
+pub use outcome::denial::Denial;
+pub use types::{Refresh, RefreshJob, Reply};

@@ -5,7 +5,7 @@
 //! which each platform names its own way. So docs, manifests and code cannot
 //! drift apart unnoticed.
 
-use hokusai_mlflow_auth::config::Config;
+use hokusai_mlflow_auth::Config;
 use serde::Deserialize;
 use serde_json::Value;
 use std::fs;

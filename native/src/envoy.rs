@@ -1,8 +1,8 @@
 //! What the native host asks of Envoy for one stream, as a trait: `abi`
 //! implements it with the dynamic-module callbacks, the tests with a fake.
 
-use hokusai_mlflow_auth::host::Headers;
-use hokusai_mlflow_auth::reply::Reply;
+use hokusai_mlflow_auth::Headers;
+use hokusai_mlflow_auth::Reply;
 
 /// A stream attribute the filter reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

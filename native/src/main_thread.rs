@@ -5,7 +5,7 @@
 //! process-wide cache that every worker reads.
 
 use crate::envoy::Wake;
-use hokusai_mlflow_auth::refresh::{Refresh, RefreshJob};
+use hokusai_mlflow_auth::{Refresh, RefreshJob};
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 

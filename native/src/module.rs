@@ -6,11 +6,11 @@
 use crate::envoy::{CalloutReply, Envoy};
 use crate::host::{Call, Metrics, NativeHost};
 use crate::main_thread::MainThread;
-use hokusai_mlflow_auth::config::Config;
-use hokusai_mlflow_auth::denial::Denial;
-use hokusai_mlflow_auth::filter::{Flow, Stream, Worker};
-use hokusai_mlflow_auth::metrics::{Counter, CALLOUT_LATENCY};
-use hokusai_mlflow_auth::refresh::{Refresh, RefreshJob};
+use hokusai_mlflow_auth::Config;
+use hokusai_mlflow_auth::Denial;
+use hokusai_mlflow_auth::{Counter, CALLOUT_LATENCY};
+use hokusai_mlflow_auth::{Flow, Stream, Worker};
+use hokusai_mlflow_auth::{Refresh, RefreshJob};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;

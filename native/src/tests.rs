@@ -5,8 +5,8 @@
 use crate::envoy::{Attribute, CalloutReply, CountWakes, Envoy, Wake};
 use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig, StatKind};
-use hokusai_mlflow_auth::host::Headers;
-use hokusai_mlflow_auth::reply::Reply;
+use hokusai_mlflow_auth::Headers;
+use hokusai_mlflow_auth::Reply;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,7 +115,7 @@ impl Envoy for Fake {
 fn worker(
     config: &ModuleConfig,
 ) -> (
-    Option<Rc<hokusai_mlflow_auth::filter::Worker>>,
+    Option<Rc<hokusai_mlflow_auth::Worker>>,
     Rc<NativeHost<Fake>>,
 ) {
     config.worker()
@@ -134,7 +134,7 @@ fn filter(
     ctx: u32,
     fake: &Fake,
     state: &(
-        Option<Rc<hokusai_mlflow_auth::filter::Worker>>,
+        Option<Rc<hokusai_mlflow_auth::Worker>>,
         Rc<NativeHost<Fake>>,
     ),
 ) -> Rc<Filter<Fake>> {

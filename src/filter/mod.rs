@@ -9,32 +9,33 @@
 //! `Stream::deny`, every pass without a key through `Stream::pass`, every
 //! host interaction through `Host`.
 
-use crate::audit::{Audit, CacheState, Decision};
+use crate::config::routes::{RouteTable, Selector};
 use crate::config::{Config, Policy, Source};
-use crate::credential::{self, Credential, CredentialError, Presented};
-use crate::denial::Denial;
-use crate::endpoints::{Class, EndpointTable};
-use crate::flight::Flights;
 use crate::host::{Headers, Host};
-use crate::key_digests::KeyDigests;
-use crate::memo::Memo;
-use crate::metrics::Counter;
-use crate::policy;
-use crate::ratelimit::{RateLimiter, Window};
-use crate::refresh::Refreshing;
-use crate::reply;
-use crate::rewrite;
-use crate::routes::{RouteTable, Selector};
-use crate::validation::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
-use crate::verdict_cache::{Cached, Digest, Lookup, Namespace, VerdictCache};
-use crate::whoami::Whoami;
+use crate::limits::local::RateLimiter;
+use crate::observability::metrics::Counter;
+use crate::outcome::audit::{Audit, CacheState, Decision};
+use crate::outcome::denial::Denial;
+use crate::outcome::reply;
+use crate::outcome::whoami::Whoami;
+use crate::request::credential::{self, Credential, CredentialError, Presented};
+use crate::request::endpoints::{Class, EndpointTable};
+use crate::request::rewrite;
+use crate::request::scopes;
+use crate::tables::memo::Memo;
+use crate::types::Digest;
+use crate::types::Window;
+use crate::verdict::cache::{Cached, Lookup, Namespace, VerdictCache};
+use crate::verdict::key_digests::KeyDigests;
+use crate::verdict::key_service::{self, Failure, Identity, Verdict, MAX_REPLY_BYTES};
+use crate::verdict::refresh::Refreshing;
+use crate::verdict::single_flight::Flights;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
-mod counting;
+mod charging;
 mod refreshing;
-use counting::CountCall;
 
 /// What the host should do with the request after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,14 @@ pub enum Flow {
 
 /// A stream waiting on another stream's callout, to be resumed by it.
 type Waiter = Weak<RefCell<Stream>>;
+
+/// A rate limit call in flight: the context that made it (and gets the
+/// reply) and the stream it counts.
+pub struct ChargeCall {
+    owner: u32,
+    member: u32,
+    stream: Waiter,
+}
 
 /// Per-worker state: the configuration and what the worker's streams share.
 pub struct Worker {
@@ -61,7 +70,7 @@ pub struct Worker {
     /// Keys with a re-validation under way (refresh-ahead).
     refreshing: RefCell<Refreshing>,
     /// Rate limit service calls in flight, by token.
-    counts: RefCell<HashMap<u32, CountCall>>,
+    charges: RefCell<HashMap<u32, ChargeCall>>,
 }
 
 impl Worker {
@@ -77,7 +86,7 @@ impl Worker {
             rate: RateLimiter::new(cfg.rate_limit_slots),
             flights: RefCell::default(),
             refreshing: RefCell::new(Refreshing::new(cfg.cache.slots as usize)),
-            counts: RefCell::default(),
+            charges: RefCell::default(),
             cfg,
         })
     }
@@ -121,7 +130,7 @@ enum State {
         stale: Option<Rc<Identity>>,
     },
     /// Admitted but for the rate limit, which the rate limit service counts.
-    Counting {
+    Charging {
         id: Rc<Identity>,
         per_hour: u64,
     },
@@ -129,11 +138,11 @@ enum State {
 }
 
 /// What admitting a request came to.
-enum Settled {
+enum Decided {
     /// Decided here: forward with this identity, or refuse.
     Now(Outcome),
     /// To be counted by the rate limit service first.
-    Count(Rc<Identity>),
+    Charge(Rc<Identity>),
 }
 
 type Outcome = Result<Rc<Identity>, Denial>;
@@ -354,7 +363,7 @@ impl Stream {
         let joined = worker
             .flights
             .borrow_mut()
-            .wait(&digest, self.id, self.me.clone());
+            .join(&digest, self.id, self.me.clone());
         if joined {
             self.note_cache(CacheState::Shared);
             host.count(Counter::SingleFlightWait);
@@ -371,7 +380,7 @@ impl Stream {
             Cached::Allowed(id) => Verdict::Allowed(id),
             Cached::Invalid => Verdict::Invalid,
         };
-        self.conclude(host, verdict, None, false)
+        self.act_on_verdict(host, verdict, None, false)
     }
 
     /// Asks the key service, and pauses the request until it answers.
@@ -385,8 +394,8 @@ impl Stream {
     ) -> Flow {
         let worker = Rc::clone(&self.worker);
         let auth = &worker.cfg.policy_at(self.policy).auth;
-        let client_ip = validation::client_ip(forwarded_for, host.peer_address().as_deref());
-        let (headers, body) = validation::request(auth, key, client_ip.as_deref());
+        let client_ip = key_service::client_ip(forwarded_for, host.peer_address().as_deref());
+        let (headers, body) = key_service::request(auth, key, client_ip.as_deref());
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         host.count(Counter::Callout);
         if host
@@ -394,9 +403,14 @@ impl Stream {
             .is_none()
         {
             host.count(Counter::CalloutErrorDispatch);
-            return self.conclude(host, Verdict::Unavailable(Failure::Dispatch), stale, false);
+            return self.act_on_verdict(
+                host,
+                Verdict::Unavailable(Failure::Dispatch),
+                stale,
+                false,
+            );
         }
-        worker.flights.borrow_mut().start(digest);
+        worker.flights.borrow_mut().lead(digest);
         self.state = State::Leading {
             digest,
             stale,
@@ -418,7 +432,7 @@ impl Stream {
         };
         let worker = Rc::clone(&self.worker);
         let (status, body) = host.callout_reply(body_size, MAX_REPLY_BYTES);
-        let verdict = validation::verdict(status, body_size, &body);
+        let verdict = key_service::verdict(status, body_size, &body);
         self.now_ms = host.now_ms();
         host.record_callout_latency(self.now_ms.saturating_sub(since_ms));
         if let Verdict::Unavailable(f) = &verdict {
@@ -426,14 +440,14 @@ impl Stream {
         }
         worker.cache.store(host, &digest, &verdict, self.now_ms);
         let waiters = worker.flights.borrow_mut().land(&digest);
-        let own = self.settle(host, verdict.clone(), stale);
-        let counts = deliver(host, waiters, &verdict, true);
+        let own = self.decide(host, verdict.clone(), stale);
+        let to_charge = decide_for_waiters(host, waiters, &verdict, true);
         host.switch_to(self.id);
-        self.count_for_waiters(host, counts);
+        self.charge_for_waiters(host, to_charge);
         match own {
-            Settled::Now(outcome) => self.finish(host, outcome),
-            Settled::Count(id) => {
-                self.count_globally(host, id, true);
+            Decided::Now(outcome) => self.act_or_defer(host, outcome),
+            Decided::Charge(id) => {
+                self.charge_globally(host, id, true);
             }
         }
     }
@@ -444,7 +458,7 @@ impl Stream {
     pub fn awaiting_verdict(&self) -> bool {
         let waiting = matches!(
             self.state,
-            State::Leading { .. } | State::Waiting { .. } | State::Counting { .. }
+            State::Leading { .. } | State::Waiting { .. } | State::Charging { .. }
         );
         waiting || self.deferred.is_some()
     }
@@ -468,9 +482,9 @@ impl Stream {
             State::Waiting { digest, .. } => {
                 self.worker.flights.borrow_mut().leave(&digest, self.id);
             }
-            State::Counting { .. } | State::Start | State::Done => {}
+            State::Charging { .. } | State::Start | State::Done => {}
         }
-        self.abandon_counts(host);
+        self.abandon_charges(host);
         if let Some(line) = self.audit_line() {
             log::info!("{line}");
         }
@@ -482,7 +496,7 @@ impl Stream {
         let waiters = self.worker.flights.borrow_mut().land(digest);
         if !waiters.is_empty() {
             host.count(Counter::SingleFlightAbandoned);
-            deliver(
+            decide_for_waiters(
                 host,
                 waiters,
                 &Verdict::Unavailable(Failure::NoReply),
@@ -494,21 +508,21 @@ impl Stream {
 
     /// Applies a verdict. `resumed`: the request is paused and must be
     /// resumed (callout path), else it just continues (cache hit).
-    fn conclude<H: Host>(
+    fn act_on_verdict<H: Host>(
         &mut self,
         host: &H,
         verdict: Verdict,
         stale: Option<Rc<Identity>>,
         resumed: bool,
     ) -> Flow {
-        match self.settle(host, verdict, stale) {
-            Settled::Now(outcome) => self.apply(host, outcome, resumed),
-            Settled::Count(id) => self.count_globally(host, id, resumed),
+        match self.decide(host, verdict, stale) {
+            Decided::Now(outcome) => self.act(host, outcome, resumed),
+            Decided::Charge(id) => self.charge_globally(host, id, resumed),
         }
     }
 
     /// Forwards or refuses.
-    fn apply<H: Host>(&mut self, host: &H, outcome: Outcome, resumed: bool) -> Flow {
+    fn act<H: Host>(&mut self, host: &H, outcome: Outcome, resumed: bool) -> Flow {
         self.state = State::Done;
         match outcome {
             Ok(id) => self.forward(host, &id, resumed),
@@ -518,26 +532,26 @@ impl Stream {
 
     /// Applies an outcome reached after a pause, or keeps it until the
     /// calls this context holds for others are answered.
-    fn finish<H: Host>(&mut self, host: &H, outcome: Outcome) {
+    fn act_or_defer<H: Host>(&mut self, host: &H, outcome: Outcome) {
         if self.held > 0 {
             self.deferred = Some(outcome);
         } else {
-            self.apply(host, outcome, true);
+            self.act(host, outcome, true);
         }
     }
 
     /// What the verdict, the endpoint's scopes and the key's rate limit (if
     /// counted here) say of the request.
-    fn settle<H: Host>(
+    fn decide<H: Host>(
         &mut self,
         host: &H,
         verdict: Verdict,
         stale: Option<Rc<Identity>>,
-    ) -> Settled {
+    ) -> Decided {
         self.state = State::Done;
         let id = match self.identity(host, verdict, stale) {
             Ok(id) => id,
-            Err(denial) => return Settled::Now(Err(denial)),
+            Err(denial) => return Decided::Now(Err(denial)),
         };
         if let Some(a) = self.audit_mut() {
             a.user_id = id.user_id.clone();
@@ -545,13 +559,13 @@ impl Stream {
         }
         let worker = Rc::clone(&self.worker);
         let policy = worker.cfg.policy_at(self.policy);
-        if let Err(why) = policy::check(self.class, &id, &policy.scopes) {
-            return Settled::Now(Err(Denial::Forbidden(why)));
+        if let Err(why) = scopes::check(self.class, &id, &policy.scopes) {
+            return Decided::Now(Err(Denial::Forbidden(why)));
         }
         match &policy.rate_limit {
-            Some(limit) if limit.global.is_some() => Settled::Count(id),
-            Some(_) => Settled::Now(self.count_locally(host, &id).map(|()| id)),
-            None => Settled::Now(Ok(id)),
+            Some(limit) if limit.global.is_some() => Decided::Charge(id),
+            Some(_) => Decided::Now(self.charge_locally(host, &id).map(|()| id)),
+            None => Decided::Now(Ok(id)),
         }
     }
 
@@ -581,7 +595,7 @@ impl Stream {
     /// Counts the request in this Envoy, in the key's window of the route's
     /// limit scope, per `key_id` as the contract says (a key without one by
     /// its digest).
-    fn count_locally<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
+    fn charge_locally<H: Host>(&mut self, host: &H, id: &Identity) -> Result<(), Denial> {
         let worker = Rc::clone(&self.worker);
         let Some(limit) = &worker.cfg.policy_at(self.policy).rate_limit else {
             return Ok(());
@@ -595,7 +609,7 @@ impl Stream {
         let per_hour = id.rate_limit_per_hour.unwrap_or(limit.default_per_hour);
         let window = worker
             .rate
-            .count(host, &limit.scope, owner, per_hour, now_s);
+            .charge(host, &limit.scope, owner, per_hour, now_s);
         if !window.allowed {
             return Err(Denial::RateLimited { window, now_s });
         }
@@ -689,13 +703,13 @@ impl Stream {
 /// the rate limit service must count are returned, for the caller's context
 /// to ask for them, when it can (`can_hold`); else they are treated as if
 /// the service had not answered.
-fn deliver<H: Host>(
+fn decide_for_waiters<H: Host>(
     host: &H,
     waiters: Vec<(u32, Waiter)>,
     verdict: &Verdict,
     can_hold: bool,
 ) -> Vec<(u32, Waiter)> {
-    let mut to_count = Vec::new();
+    let mut to_charge = Vec::new();
     for (ctx, waiter) in waiters {
         let Some(stream) = waiter.upgrade() else {
             continue;
@@ -710,21 +724,21 @@ fn deliver<H: Host>(
             State::Waiting { stale, .. } => stale,
             _ => None,
         };
-        match s.settle(host, verdict.clone(), stale) {
-            Settled::Now(outcome) => {
-                s.apply(host, outcome, true);
+        match s.decide(host, verdict.clone(), stale) {
+            Decided::Now(outcome) => {
+                s.act(host, outcome, true);
             }
-            Settled::Count(id) if can_hold => {
-                s.await_count(id);
-                to_count.push((ctx, waiter));
+            Decided::Charge(id) if can_hold => {
+                s.await_charge(id);
+                to_charge.push((ctx, waiter));
             }
-            Settled::Count(id) => {
-                let outcome = s.uncounted(host, id);
-                s.apply(host, outcome, true);
+            Decided::Charge(id) => {
+                let outcome = s.uncharged(host, id);
+                s.act(host, outcome, true);
             }
         }
     }
-    to_count
+    to_charge
 }
 
 /// `<mount>/_hokusai/whoami`: the policy's whoami path under a mount (the

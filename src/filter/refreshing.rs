@@ -1,14 +1,16 @@
-//! Refresh-ahead in the request flow (see `crate::refresh`): a cache hit in
+//! Refresh-ahead in the request flow (see `crate::verdict::refresh`): a cache hit in
 //! the last part of its verdict's TTL queues one re-validation and goes on;
 //! the host starts it outside the request and hands its answer back to
 //! `Worker::complete_refresh`.
 
 use super::{Stream, Worker};
 use crate::host::Host;
-use crate::metrics::Counter;
-use crate::refresh::{self, Refresh, RefreshJob};
-use crate::validation::{self, Verdict};
-use crate::verdict_cache::{Cached, Digest};
+use crate::observability::metrics::Counter;
+use crate::types::Digest;
+use crate::types::{Refresh, RefreshJob};
+use crate::verdict::cache::Cached;
+use crate::verdict::key_service::{self, Verdict};
+use crate::verdict::refresh;
 use std::rc::Rc;
 
 /// How long past its timeout a job's answer is still awaited before the
@@ -51,8 +53,8 @@ impl Stream {
             refreshing.end(&digest);
             return;
         }
-        let client_ip = validation::client_ip(forwarded_for, host.peer_address().as_deref());
-        let (headers, body) = validation::request(auth, key, client_ip.as_deref());
+        let client_ip = key_service::client_ip(forwarded_for, host.peer_address().as_deref());
+        let (headers, body) = key_service::request(auth, key, client_ip.as_deref());
         let job = RefreshJob {
             refresh: Refresh {
                 digest,
@@ -85,7 +87,7 @@ impl Worker {
         if let Ok(mut r) = self.refreshing.try_borrow_mut() {
             r.end(&refresh.digest);
         }
-        let verdict = validation::verdict(status, body.len(), body);
+        let verdict = key_service::verdict(status, body.len(), body);
         match verdict {
             Verdict::Allowed(_) | Verdict::Invalid => {
                 self.cache

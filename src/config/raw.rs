@@ -1,0 +1,498 @@
+//! The plugin configuration's sections in their JSON form, with their
+//! defaults, and the checks that turn each into its validated type. Every
+//! error names the field in full (`routes[2].scopes.write: ...`).
+
+use super::field_path::{absolute_path, FieldPath};
+use super::model::{
+    AuthService, CacheConfig, Challenge, FailureMode, GlobalLimit, KeyForm, LimitMode,
+    RateLimitConfig, Scheme, ScopeConfig, Source,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+// --- the JSON form ---------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    cluster: String,
+    authority: Option<String>,
+    #[serde(default = "default_validate_path")]
+    path: String,
+    service_id: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_key_form")]
+    key_form: KeyForm,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    #[serde(default = "default_sources")]
+    sources: Vec<Source>,
+    #[serde(default = "default_max_key_length")]
+    max_key_length: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    #[serde(default = "default_slots")]
+    slots: u32,
+    #[serde(default = "default_ttl")]
+    ttl_seconds: u64,
+    #[serde(default = "default_negative_ttl")]
+    negative_ttl_seconds: u64,
+    #[serde(default)]
+    stale_if_error_seconds: u64,
+    #[serde(default)]
+    refresh_ahead_percent: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMlflow {
+    #[serde(default = "default_mounts")]
+    mount_prefixes: Vec<String>,
+    #[serde(default)]
+    ajax_api: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentityHeaders {
+    #[serde(default = "default_user_header")]
+    user_id: String,
+    #[serde(default = "default_key_header")]
+    key_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScopes {
+    #[serde(default)]
+    read: Vec<String>,
+    #[serde(default = "default_write_scopes")]
+    write: Vec<String>,
+    #[serde(default = "default_admin_scopes")]
+    admin: Vec<String>,
+    #[serde(default)]
+    registry_writes_admin_only: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_rate_limit")]
+    default_per_hour: u64,
+    /// The counter table's size: one table serves every route.
+    #[serde(default = "default_slots")]
+    slots: u32,
+    scope: Option<String>,
+    #[serde(default = "default_limit_mode")]
+    mode: LimitMode,
+    /// `global`: the rate limit service's Envoy cluster.
+    cluster: Option<String>,
+    #[serde(default = "default_limit_domain")]
+    domain: String,
+    #[serde(default = "default_limit_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_failure_mode")]
+    failure_mode: FailureMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhoami {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_whoami_path")]
+    path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChallenge {
+    #[serde(default = "default_scheme")]
+    scheme: Scheme,
+    #[serde(default = "default_realm")]
+    realm: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_validate_path() -> String {
+    "/api/v1/keys/validate".into()
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_key_form() -> KeyForm {
+    KeyForm::Header
+}
+fn default_sources() -> Vec<Source> {
+    vec![
+        Source::Bearer,
+        Source::ApiKey,
+        Source::XApiKey,
+        Source::Query,
+        Source::Basic,
+    ]
+}
+fn default_max_key_length() -> usize {
+    256
+}
+fn default_slots() -> u32 {
+    4096
+}
+fn default_ttl() -> u64 {
+    60
+}
+fn default_negative_ttl() -> u64 {
+    10
+}
+fn default_mounts() -> Vec<String> {
+    vec!["/api/mlflow".into(), "/mlflow".into()]
+}
+fn default_user_header() -> String {
+    "x-hokusai-user-id".into()
+}
+fn default_key_header() -> String {
+    "x-hokusai-api-key-id".into()
+}
+fn default_write_scopes() -> Vec<String> {
+    [
+        "mlflow:write",
+        "model:write",
+        "mlflow:admin",
+        "admin",
+        "write",
+        "full_access",
+        "mlflow:access",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+fn default_admin_scopes() -> Vec<String> {
+    ["mlflow:admin", "admin"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_rate_limit() -> u64 {
+    1000
+}
+fn default_public_paths() -> Vec<(String, String)> {
+    [
+        ("/health", "/health"),
+        ("/api/health/mlflow", "/health"),
+        ("/api/mlflow/health/mlflow", "/health"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect()
+}
+fn default_scheme() -> Scheme {
+    Scheme::Bearer
+}
+fn default_realm() -> String {
+    "hokusai".into()
+}
+fn default_limit_mode() -> LimitMode {
+    LimitMode::Local
+}
+fn default_limit_domain() -> String {
+    "hokusai-mlflow".into()
+}
+fn default_limit_timeout_ms() -> u64 {
+    20
+}
+fn default_failure_mode() -> FailureMode {
+    FailureMode::Local
+}
+fn default_whoami_path() -> String {
+    "/_hokusai/whoami".into()
+}
+
+// --- checks ----------------------------------------------------------------
+
+fn nonempty(at: FieldPath, field: &str, v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err(at.err(field, "must not be empty"));
+    }
+    Ok(())
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn header_name(at: FieldPath, field: &str, v: &str) -> Result<String, String> {
+    if v.is_empty() || !v.bytes().all(is_token_char) {
+        return Err(at.err(field, "must be a valid HTTP header name"));
+    }
+    Ok(v.to_ascii_lowercase())
+}
+
+fn range(at: FieldPath, field: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if v < lo || v > hi {
+        return Err(at.err(field, &format!("must be between {lo} and {hi}")));
+    }
+    Ok(())
+}
+
+fn scope_list(at: FieldPath, field: &str, v: Vec<String>) -> Result<Vec<String>, String> {
+    if v.iter().any(|s| s.trim().is_empty()) {
+        return Err(at.err(field, "scopes must not be empty strings"));
+    }
+    Ok(v)
+}
+
+fn no_controls(at: FieldPath, field: &str, v: &str) -> Result<(), String> {
+    if v.bytes().any(|b| b < b' ' || b == 0x7f) {
+        return Err(at.err(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+// --- each section's validated form -------------------------------------------
+
+pub fn auth_service(at: FieldPath, a: RawAuth) -> Result<AuthService, String> {
+    nonempty(at, "auth.cluster", &a.cluster)?;
+    nonempty(at, "auth.service_id", &a.service_id)?;
+    no_controls(at, "auth.service_id", &a.service_id)?;
+    absolute_path(at, "auth.path", &a.path)?;
+    range(at, "auth.timeout_ms", a.timeout_ms, 10, 60_000)?;
+    let authority = a.authority.unwrap_or_else(|| a.cluster.clone());
+    if authority.is_empty()
+        || authority
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b == b'/')
+    {
+        return Err(at.err("auth.authority", "must be a host[:port]"));
+    }
+    Ok(AuthService {
+        cluster: a.cluster,
+        authority,
+        path: a.path,
+        service_id: a.service_id,
+        timeout: Duration::from_millis(a.timeout_ms),
+        key_form: a.key_form,
+    })
+}
+
+pub fn credentials(at: FieldPath, c: RawCredentials) -> Result<(Vec<Source>, usize), String> {
+    if c.sources.is_empty() {
+        return Err(at.err("credentials.sources", "must name at least one source"));
+    }
+    let mut sources = Vec::new();
+    for s in c.sources {
+        if sources.contains(&s) {
+            return Err(at.err("credentials.sources", "lists a source twice"));
+        }
+        sources.push(s);
+    }
+    range(
+        at,
+        "credentials.max_key_length",
+        c.max_key_length as u64,
+        8,
+        4096,
+    )?;
+    Ok((sources, c.max_key_length))
+}
+
+pub fn cache(at: FieldPath, k: RawCache) -> Result<CacheConfig, String> {
+    range(at, "cache.slots", k.slots.into(), 16, 1 << 20)?;
+    range(at, "cache.ttl_seconds", k.ttl_seconds, 1, 86_400)?;
+    range(
+        at,
+        "cache.negative_ttl_seconds",
+        k.negative_ttl_seconds,
+        0,
+        86_400,
+    )?;
+    range(
+        at,
+        "cache.stale_if_error_seconds",
+        k.stale_if_error_seconds,
+        0,
+        86_400,
+    )?;
+    range(
+        at,
+        "cache.refresh_ahead_percent",
+        k.refresh_ahead_percent,
+        0,
+        90,
+    )?;
+    Ok(CacheConfig {
+        slots: k.slots,
+        ttl_ms: k.ttl_seconds * 1000,
+        negative_ttl_ms: k.negative_ttl_seconds * 1000,
+        stale_if_error_ms: k.stale_if_error_seconds * 1000,
+        refresh_ahead_ms: k.ttl_seconds * 1000 * k.refresh_ahead_percent / 100,
+    })
+}
+
+/// The mount prefixes (longest first) and the ajax-api mapping.
+pub fn mlflow(at: FieldPath, m: RawMlflow) -> Result<(Vec<String>, bool), String> {
+    let mut mounts = Vec::new();
+    for p in m.mount_prefixes {
+        absolute_path(at, "mlflow.mount_prefixes", &p)?;
+        let p = p.trim_end_matches('/').to_string();
+        if p.is_empty() {
+            return Err(at.err("mlflow.mount_prefixes", "\"/\" is not a mount prefix"));
+        }
+        mounts.push(p);
+    }
+    // Longest first, so that nested mounts strip the most specific one.
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    Ok((mounts, m.ajax_api))
+}
+
+pub fn public_paths(at: FieldPath, raw: Option<&Value>) -> Result<Vec<(String, String)>, String> {
+    if raw.is_none() {
+        return Ok(default_public_paths());
+    }
+    let map: BTreeMap<String, String> = at.read("public_paths", raw)?;
+    let mut paths = Vec::new();
+    for (from, to) in map {
+        absolute_path(at, "public_paths", &from)?;
+        absolute_path(at, "public_paths", &to)?;
+        paths.push((from, to));
+    }
+    Ok(paths)
+}
+
+pub fn identity_headers(
+    at: FieldPath,
+    raw: RawIdentityHeaders,
+) -> Result<(String, String), String> {
+    let user_id = header_name(at, "identity_headers.user_id", &raw.user_id)?;
+    let key_id = header_name(at, "identity_headers.key_id", &raw.key_id)?;
+    if user_id == key_id {
+        return Err(at.err("identity_headers", "user_id and key_id must differ"));
+    }
+    for reserved in ["authorization", "x-api-key", "host"] {
+        if user_id == reserved || key_id == reserved {
+            return Err(at.err("identity_headers", "must not name a credential header"));
+        }
+    }
+    Ok((user_id, key_id))
+}
+
+pub fn scopes(at: FieldPath, s: RawScopes) -> Result<ScopeConfig, String> {
+    Ok(ScopeConfig {
+        read: scope_list(at, "scopes.read", s.read)?,
+        write: scope_list(at, "scopes.write", s.write)?,
+        admin: scope_list(at, "scopes.admin", s.admin)?,
+        registry_writes_admin_only: s.registry_writes_admin_only,
+    })
+}
+
+/// The counter table's size (the top level's `rate_limit.slots`).
+pub fn rate_limit_slots(at: FieldPath, r: &RawRateLimit) -> Result<u32, String> {
+    range(at, "rate_limit.slots", r.slots.into(), 16, 1 << 20)?;
+    Ok(r.slots)
+}
+
+/// `default_scope` names whose keys' counts a route shares when it names no
+/// scope of its own.
+pub fn rate_limit(
+    at: FieldPath,
+    r: RawRateLimit,
+    default_scope: &str,
+) -> Result<Option<RateLimitConfig>, String> {
+    if !r.enabled {
+        return Ok(None);
+    }
+    range(
+        at,
+        "rate_limit.default_per_hour",
+        r.default_per_hour,
+        1,
+        1 << 32,
+    )?;
+    let scope = r.scope.unwrap_or_else(|| default_scope.to_string());
+    nonempty(at, "rate_limit.scope", &scope)?;
+    let global = match r.mode {
+        LimitMode::Local => None,
+        LimitMode::Global => Some(global_limit(
+            at,
+            r.cluster,
+            r.domain,
+            r.timeout_ms,
+            r.failure_mode,
+        )?),
+    };
+    Ok(Some(RateLimitConfig {
+        default_per_hour: r.default_per_hour,
+        scope,
+        global,
+    }))
+}
+
+fn global_limit(
+    at: FieldPath,
+    cluster: Option<String>,
+    domain: String,
+    timeout_ms: u64,
+    failure_mode: FailureMode,
+) -> Result<GlobalLimit, String> {
+    let cluster = cluster.unwrap_or_default();
+    nonempty(at, "rate_limit.cluster", &cluster)?;
+    nonempty(at, "rate_limit.domain", &domain)?;
+    no_controls(at, "rate_limit.domain", &domain)?;
+    range(at, "rate_limit.timeout_ms", timeout_ms, 5, 5_000)?;
+    let target = crate::limits::global::target(&cluster).ok_or_else(|| {
+        at.err(
+            "rate_limit.cluster",
+            "must be ASCII and at most 100 characters",
+        )
+    })?;
+    Ok(GlobalLimit {
+        target,
+        cluster,
+        domain,
+        timeout: Duration::from_millis(timeout_ms),
+        failure_mode,
+    })
+}
+
+pub fn challenge(at: FieldPath, c: RawChallenge) -> Result<Challenge, String> {
+    if c.realm.is_empty()
+        || c.realm.len() > 128
+        || c.realm
+            .bytes()
+            .any(|b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+    {
+        return Err(at.err(
+            "challenge.realm",
+            "must be 1 to 128 printable characters without quotes or backslashes",
+        ));
+    }
+    Ok(Challenge {
+        scheme: c.scheme,
+        realm: c.realm,
+    })
+}
+
+/// The whoami path under each mount; None when switched off.
+pub fn whoami(at: FieldPath, w: RawWhoami) -> Result<Option<String>, String> {
+    absolute_path(at, "whoami.path", &w.path)?;
+    if w.path.len() < 2 || w.path.ends_with('/') {
+        return Err(at.err(
+            "whoami.path",
+            "must name a path below the mount, like /_hokusai/whoami",
+        ));
+    }
+    Ok(w.enabled.then_some(w.path))
+}

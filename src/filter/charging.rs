@@ -1,0 +1,255 @@
+//! `rate_limit.mode: global`: the rate limit service counts a request after
+//! its key is accepted, one `ShouldRateLimit` call per request. A stream that
+//! led a key-service callout also asks for the streams that waited on it,
+//! from its own context (the only one the SDK will route the replies to), and
+//! lives until those replies are in: its own outcome waits for them.
+
+use super::{ChargeCall, Outcome, State, Stream, Waiter};
+use crate::config::FailureMode;
+use crate::host::Host;
+use crate::limits::global::{self, Answer};
+use crate::observability::metrics::Counter;
+use crate::outcome::denial::Denial;
+use crate::verdict::key_service::Identity;
+use std::rc::Rc;
+
+/// gRPC status OK.
+const GRPC_OK: u32 = 0;
+/// A `RateLimitResponse` for one descriptor is a few dozen bytes.
+const MAX_REPLY_BYTES: usize = 4096;
+/// How many bytes of the key's digest name a key without a `key_id`.
+const OWNER_HASH_BYTES: usize = 8;
+
+impl ChargeCall {
+    /// Hands the reply (None: no answer) to the stream it counts.
+    fn hand_reply<H: Host>(&self, host: &H, reply: Option<Vec<u8>>) {
+        let Some(stream) = self.stream.upgrade() else {
+            return;
+        };
+        if !host.switch_to(self.member) {
+            return;
+        }
+        if let Ok(mut s) = stream.try_borrow_mut() {
+            s.charged(host, reply);
+        };
+    }
+}
+
+impl Stream {
+    /// Asks the rate limit service to count this request, from this
+    /// stream's context; if it cannot be asked, the failure mode decides.
+    pub(super) fn charge_globally<H: Host>(
+        &mut self,
+        host: &H,
+        id: Rc<Identity>,
+        resumed: bool,
+    ) -> super::Flow {
+        self.await_charge(id);
+        if let Some(token) = self.send_charge(host) {
+            self.hold(token, self.id, self.me.clone());
+            return super::Flow::Pause;
+        }
+        let State::Charging { id, .. } = std::mem::replace(&mut self.state, State::Done) else {
+            return super::Flow::Pause;
+        };
+        host.count(Counter::RateLimitError);
+        let outcome = self.uncharged(host, id);
+        if resumed {
+            self.act_or_defer(host, outcome);
+            super::Flow::Pause
+        } else {
+            self.act(host, outcome, false)
+        }
+    }
+
+    /// This stream is to be counted before it goes on.
+    pub(super) fn await_charge(&mut self, id: Rc<Identity>) {
+        let default = self
+            .worker
+            .cfg
+            .policy_at(self.policy)
+            .rate_limit
+            .as_ref()
+            .map_or(0, |l| l.default_per_hour);
+        let per_hour = id.rate_limit_per_hour.unwrap_or(default);
+        self.state = State::Charging { id, per_hour };
+    }
+
+    /// Asks, from this (the current) context, for the waiters a callout's
+    /// verdict left to be counted.
+    pub(super) fn charge_for_waiters<H: Host>(&mut self, host: &H, waiters: Vec<(u32, Waiter)>) {
+        for (ctx, waiter) in waiters {
+            let Some(stream) = waiter.upgrade() else {
+                continue;
+            };
+            let token = match stream.try_borrow() {
+                Ok(s) => s.send_charge(host),
+                Err(_) => continue,
+            };
+            match token {
+                Some(token) => {
+                    self.held += 1;
+                    self.hold(token, ctx, waiter);
+                }
+                None => {
+                    let call = ChargeCall {
+                        owner: self.id,
+                        member: ctx,
+                        stream: waiter,
+                    };
+                    call.hand_reply(host, None);
+                    host.switch_to(self.id);
+                }
+            }
+        }
+    }
+
+    fn hold(&self, token: u32, member: u32, stream: Waiter) {
+        let call = ChargeCall {
+            owner: self.id,
+            member,
+            stream,
+        };
+        self.worker.charges.borrow_mut().insert(token, call);
+    }
+
+    /// Sends the `ShouldRateLimit` call counting this (Counting) stream, from
+    /// whichever context is current.
+    fn send_charge<H: Host>(&self, host: &H) -> Option<u32> {
+        let State::Charging { id, per_hour } = &self.state else {
+            return None;
+        };
+        let worker = Rc::clone(&self.worker);
+        let limit = worker.cfg.policy_at(self.policy).rate_limit.as_ref()?;
+        let global = limit.global.as_ref()?;
+        let message = global::request(&global.domain, &limit.scope, &self.owner(id), *per_hour);
+        host.count(Counter::RateLimitCall);
+        let token = host.dispatch_grpc(
+            &global.target,
+            global::SERVICE,
+            global::METHOD,
+            &message,
+            global.timeout,
+        );
+        if token.is_none() {
+            log::warn!(
+                "hokusai-auth: rate limit service cluster '{}' refused the call",
+                global.cluster
+            );
+        }
+        token
+    }
+
+    /// Whom the service counts: the `key_id`, else a short hash of the key.
+    fn owner(&self, id: &Identity) -> String {
+        match (&id.key_id, &self.digest) {
+            (Some(k), _) => k.clone(),
+            (None, Some(d)) => hex::encode(d.get(..OWNER_HASH_BYTES).unwrap_or_default()),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// A rate limit call's reply reached this context.
+    pub fn on_charge_reply<H: Host>(&mut self, host: &H, token: u32, status: u32, size: usize) {
+        let Some(call) = self.worker.charges.borrow_mut().remove(&token) else {
+            return;
+        };
+        let reply = (status == GRPC_OK && size <= MAX_REPLY_BYTES)
+            .then(|| host.grpc_reply(size, MAX_REPLY_BYTES));
+        if call.member == self.id {
+            self.charged(host, reply);
+            return;
+        }
+        call.hand_reply(host, reply);
+        host.switch_to(self.id);
+        self.held = self.held.saturating_sub(1);
+        if self.held == 0 {
+            if let Some(outcome) = self.deferred.take() {
+                self.act(host, outcome, true);
+            }
+        }
+    }
+
+    /// What the service's reply (None: none) says of this stream.
+    fn charged<H: Host>(&mut self, host: &H, reply: Option<Vec<u8>>) {
+        let State::Charging { id, per_hour } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return;
+        };
+        self.now_ms = host.now_ms();
+        let now_s = self.now_ms / 1000;
+        let answer = reply
+            .as_deref()
+            .and_then(|body| global::answer(body, per_hour, now_s));
+        let outcome = match answer {
+            Some(Answer::Charged(window)) if window.allowed => {
+                self.window = Some(window);
+                Ok(id)
+            }
+            Some(Answer::Charged(window)) => Err(Denial::RateLimited { window, now_s }),
+            Some(Answer::NotLimited) => {
+                host.count(Counter::RateLimitNotApplied);
+                Ok(id)
+            }
+            None => {
+                host.count(Counter::RateLimitError);
+                self.uncharged(host, id)
+            }
+        };
+        self.act_or_defer(host, outcome);
+    }
+
+    /// The rate limit service did not count the request: the route's
+    /// `failure_mode` decides.
+    pub(super) fn uncharged<H: Host>(&mut self, host: &H, id: Rc<Identity>) -> Outcome {
+        let worker = Rc::clone(&self.worker);
+        let mode = worker
+            .cfg
+            .policy_at(self.policy)
+            .rate_limit
+            .as_ref()
+            .and_then(|l| l.global.as_ref())
+            .map_or(FailureMode::Local, |g| g.failure_mode);
+        match mode {
+            FailureMode::Local => {
+                host.count(Counter::RateLimitFallbackLocal);
+                self.charge_locally(host, &id).map(|()| id)
+            }
+            FailureMode::Allow => {
+                host.count(Counter::RateLimitFallbackAllow);
+                Ok(id)
+            }
+            FailureMode::Deny => {
+                host.count(Counter::RateLimitFallbackDeny);
+                Err(Denial::LimitUnavailable)
+            }
+        }
+    }
+
+    /// This context is going away: Envoy cancels its calls, so the streams
+    /// they counted get the failure mode's outcome now.
+    pub(super) fn abandon_charges<H: Host>(&mut self, host: &H) {
+        let me = self.id;
+        let calls: Vec<ChargeCall> = {
+            let mut counts = self.worker.charges.borrow_mut();
+            if counts.is_empty() {
+                return;
+            }
+            let mine: Vec<u32> = counts
+                .iter()
+                .filter(|(_, c)| c.owner == me)
+                .map(|(t, _)| *t)
+                .collect();
+            mine.iter().filter_map(|t| counts.remove(t)).collect()
+        };
+        let others: Vec<&ChargeCall> = calls.iter().filter(|c| c.member != me).collect();
+        for call in &others {
+            call.hand_reply(host, None);
+        }
+        if !others.is_empty() {
+            host.switch_to(me);
+        }
+        self.held = 0;
+        self.deferred = None;
+    }
+}

@@ -1,0 +1,5 @@
+//! Tests across modules: the request state machine against a fake host
+//! (`filter`), and properties over generated input (`fuzz`).
+
+mod filter;
+mod fuzz;
