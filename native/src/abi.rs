@@ -6,13 +6,13 @@
 
 use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
 use crate::host::NativeHost;
-use crate::module::{Filter, ModuleConfig, StatKind};
+use crate::module::{Filter, ModuleConfig};
 use fnv::FnvHashMap;
 use hokusai_mlflow_auth::Headers;
 use hokusai_mlflow_auth::RefreshJob;
 use hokusai_mlflow_auth::Reply;
 use hokusai_mlflow_auth::Worker;
-use hokusai_mlflow_auth::{EnvoyLog, ERROR};
+use hokusai_mlflow_auth::{install_logger, EnvoyLog, StatKind};
 use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::os::raw::c_char;
@@ -519,14 +519,7 @@ fn worker_state(config: &Arc<ModuleConfig>) -> (Option<Rc<Worker>>, Rc<NativeHos
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
-    std::panic::set_hook(Box::new(|info| {
-        write_log(
-            ERROR,
-            &format!("hokusai-auth: panic, the request fails closed: {info}"),
-        );
-    }));
+    install_logger(&LOGGER, "the request fails closed");
     ABI_VERSION.as_ptr().cast()
 }
 

@@ -11,10 +11,10 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-pub type Fingerprint = [u8; 32];
+pub type CalloutDigest = [u8; 32];
 
 /// The digest of a callout request.
-pub fn fingerprint(cluster: &str, headers: &[(&str, &str)], body: &[u8]) -> Fingerprint {
+pub fn callout_digest(cluster: &str, headers: &[(&str, &str)], body: &[u8]) -> CalloutDigest {
     let mut h = Sha256::new();
     let mut part = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
@@ -50,7 +50,7 @@ pub enum Role {
     Join(Arc<Joiner>),
 }
 
-type Flights = HashMap<Fingerprint, Vec<Arc<Joiner>>>;
+type Flights = HashMap<CalloutDigest, Vec<Arc<Joiner>>>;
 
 #[derive(Default)]
 pub struct Callouts {
@@ -72,7 +72,7 @@ impl Callouts {
     /// waker from `waker`; a stream that cannot get one leads its own).
     pub fn lead_or_join(
         &self,
-        fp: Fingerprint,
+        fp: CalloutDigest,
         waker: impl FnOnce() -> Option<Box<dyn Wake>>,
     ) -> Role {
         if let std::collections::hash_map::Entry::Vacant(e) = self.lock().entry(fp) {
@@ -102,7 +102,7 @@ impl Callouts {
 
     /// The flight for `fp` is over: each joiner gets `reply` and is woken.
     /// The number woken.
-    pub fn land(&self, fp: &Fingerprint, reply: &CalloutReply) -> usize {
+    pub fn land(&self, fp: &CalloutDigest, reply: &CalloutReply) -> usize {
         let joiners = self.lock().remove(fp).unwrap_or_default();
         for j in &joiners {
             *j.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply.clone());
@@ -112,7 +112,7 @@ impl Callouts {
     }
 
     /// A joiner went away before the answer came.
-    pub fn leave(&self, fp: &Fingerprint, joiner: &Arc<Joiner>) {
+    pub fn leave(&self, fp: &CalloutDigest, joiner: &Arc<Joiner>) {
         if let Some(joiners) = self.lock().get_mut(fp) {
             joiners.retain(|j| !Arc::ptr_eq(j, joiner));
         }
@@ -129,7 +129,7 @@ mod tests {
     fn one_leads_the_others_join_and_all_are_woken_once() {
         let c = Callouts::default();
         let woken = Arc::new(AtomicUsize::new(0));
-        let fp = fingerprint("auth", &[(":path", "/v")], b"{}");
+        let fp = callout_digest("auth", &[(":path", "/v")], b"{}");
         let waker = || Some(Box::new(Count(Arc::clone(&woken))) as Box<dyn Wake>);
         assert!(matches!(c.lead_or_join(fp, waker), Role::Lead));
         let joined: Vec<_> = (0..3)
@@ -156,12 +156,12 @@ mod tests {
     #[test]
     fn different_requests_fly_apart_and_no_waker_means_lead() {
         let c = Callouts::default();
-        let a = fingerprint("auth", &[], b"a");
-        let b = fingerprint("auth", &[], b"b");
+        let a = callout_digest("auth", &[], b"a");
+        let b = callout_digest("auth", &[], b"b");
         assert_ne!(a, b);
         assert_ne!(
-            fingerprint("a", &[("b", "")], b""),
-            fingerprint("a", &[], b"b")
+            callout_digest("a", &[("b", "")], b""),
+            callout_digest("a", &[], b"b")
         );
         assert!(matches!(c.lead_or_join(a, || None), Role::Lead));
         assert!(matches!(c.lead_or_join(b, || None), Role::Lead));

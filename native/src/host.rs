@@ -7,25 +7,18 @@
 //! and let go of the stream. Shared data is the process-wide store, and a
 //! callout is coalesced with an identical one under way on another worker.
 
-use crate::coalesce::{fingerprint, Callouts, Fingerprint, Joiner, Role};
+use crate::coalesce::{callout_digest, CalloutDigest, Callouts, Joiner, Role};
 use crate::envoy::{Attribute, CalloutReply, Envoy};
 use crate::main_thread::MainThread;
 use crate::shared::SharedData;
 use fnv::FnvHashMap;
-use hokusai_mlflow_auth::Counter;
 use hokusai_mlflow_auth::RefreshJob;
 use hokusai_mlflow_auth::Reply;
+use hokusai_mlflow_auth::{Counter, StatIds};
 use hokusai_mlflow_auth::{Headers, Host};
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// The stat ids Envoy gave a configuration, in `Counter::ALL` order.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub counters: Vec<Option<usize>>,
-    pub latency: Option<usize>,
-}
 
 /// What waits for the core to let go of the stream.
 enum Deferred {
@@ -36,16 +29,16 @@ enum Deferred {
 /// A stream's callout under way.
 pub enum Call {
     /// Its own: `land` hands the answer to the streams that joined it.
-    Own { flight: Fingerprint },
+    Own { flight: CalloutDigest },
     /// Another worker's, for the same request.
     Joined {
-        flight: Fingerprint,
+        flight: CalloutDigest,
         joiner: Arc<Joiner>,
     },
 }
 
 pub struct NativeHost<E: Envoy> {
-    metrics: Arc<Metrics>,
+    metrics: Arc<StatIds<usize>>,
     main: Arc<MainThread>,
     /// The stream hostcalls act on (`switch_to` changes it).
     current: RefCell<Option<(u32, E)>>,
@@ -59,7 +52,7 @@ pub struct NativeHost<E: Envoy> {
 }
 
 impl<E: Envoy> NativeHost<E> {
-    pub fn new(metrics: Arc<Metrics>, main: Arc<MainThread>) -> Self {
+    pub fn new(metrics: Arc<StatIds<usize>>, main: Arc<MainThread>) -> Self {
         NativeHost {
             metrics,
             main,
@@ -102,7 +95,7 @@ impl<E: Envoy> NativeHost<E> {
     }
 
     /// The answer `callout_reply` gives next.
-    pub fn deliver(&self, reply: CalloutReply) {
+    pub fn set_callout_reply(&self, reply: CalloutReply) {
         *self.reply.borrow_mut() = reply;
     }
 
@@ -143,7 +136,7 @@ impl<E: Envoy> NativeHost<E> {
         call: (&str, &[(&str, &str)], &[u8], u64),
     ) -> Option<u32> {
         let (cluster, headers, body, timeout_ms) = call;
-        let flight = fingerprint(cluster, headers, body);
+        let flight = callout_digest(cluster, headers, body);
         match Callouts::process().lead_or_join(flight, || envoy.waker()) {
             Role::Lead => match envoy.callout(cluster, headers, body, timeout_ms) {
                 Some(id) => {
@@ -255,13 +248,13 @@ impl<E: Envoy> Host for NativeHost<E> {
     }
 
     fn count(&self, counter: Counter) {
-        if let Some(Some(id)) = self.metrics.counters.get(counter.index()) {
-            self.with_current(|_, e| e.increment(*id));
+        if let Some(id) = self.metrics.counter(counter) {
+            self.with_current(|_, e| e.increment(id));
         }
     }
 
     fn record_callout_latency(&self, ms: u64) {
-        if let Some(id) = self.metrics.latency {
+        if let Some(id) = self.metrics.latency() {
             self.with_current(|_, e| e.record(id, ms));
         }
     }

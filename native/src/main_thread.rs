@@ -5,18 +5,13 @@
 //! process-wide cache that every worker reads.
 
 use crate::envoy::Wake;
-use hokusai_mlflow_auth::{Refresh, RefreshJob};
-use std::collections::HashMap;
+use hokusai_mlflow_auth::{Refresh, RefreshJob, RefreshQueue};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-
-/// At most this many re-validations wait for the main thread.
-const MAX_QUEUED_JOBS: usize = 1024;
 
 #[derive(Default)]
 pub struct MainThread {
-    jobs: Mutex<Vec<RefreshJob>>,
-    /// Under way, by the config callout's id.
-    in_flight: Mutex<HashMap<u64, Refresh>>,
+    /// Queued by any worker; under way by the config callout's id.
+    refreshes: Mutex<RefreshQueue<u64>>,
     /// The config's scheduler (set once, on the main thread).
     waker: OnceLock<Box<dyn Wake>>,
 }
@@ -36,27 +31,23 @@ impl MainThread {
         let Some(waker) = self.waker.get() else {
             return false;
         };
-        {
-            let mut jobs = lock(&self.jobs);
-            if jobs.len() >= MAX_QUEUED_JOBS {
-                return false;
-            }
-            jobs.push(job);
+        if !lock(&self.refreshes).queue(job) {
+            return false;
         }
         waker.wake();
         true
     }
 
     pub fn take_jobs(&self) -> Vec<RefreshJob> {
-        std::mem::take(&mut *lock(&self.jobs))
+        lock(&self.refreshes).take_jobs()
     }
 
     pub fn started(&self, id: u64, refresh: Refresh) {
-        lock(&self.in_flight).insert(id, refresh);
+        lock(&self.refreshes).started(id, refresh);
     }
 
     pub fn answered(&self, id: u64) -> Option<Refresh> {
-        lock(&self.in_flight).remove(&id)
+        lock(&self.refreshes).answered(&id)
     }
 }
 

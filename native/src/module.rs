@@ -4,13 +4,13 @@
 //! fake; `abi` drives it with Envoy.
 
 use crate::envoy::{CalloutReply, Envoy};
-use crate::host::{Call, Metrics, NativeHost};
+use crate::host::{Call, NativeHost};
 use crate::main_thread::MainThread;
 use hokusai_mlflow_auth::Config;
 use hokusai_mlflow_auth::Denial;
-use hokusai_mlflow_auth::{Counter, CALLOUT_LATENCY};
 use hokusai_mlflow_auth::{Flow, Stream, Worker};
 use hokusai_mlflow_auth::{Refresh, RefreshJob};
+use hokusai_mlflow_auth::{StatIds, StatKind};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,16 +19,9 @@ use std::sync::Arc;
 /// worker thread builds its own `Worker` from it.
 pub struct ModuleConfig {
     pub bytes: Vec<u8>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<StatIds<usize>>,
     /// Where refresh-ahead jobs run.
     pub main: Arc<MainThread>,
-}
-
-/// A kind of stat to define.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatKind {
-    Counter,
-    Histogram,
 }
 
 impl ModuleConfig {
@@ -36,20 +29,13 @@ impl ModuleConfig {
     /// (Envoy allows that only now) with `define`.
     pub fn new(
         bytes: &[u8],
-        mut define: impl FnMut(StatKind, &str) -> Option<usize>,
+        define: impl FnMut(StatKind, &str) -> Option<usize>,
     ) -> Result<ModuleConfig, String> {
         let cfg = Config::parse(bytes)?;
         refuse_global_rate_limit(&cfg)?;
-        let metrics = Metrics {
-            counters: Counter::ALL
-                .iter()
-                .map(|c| define(StatKind::Counter, c.name()))
-                .collect(),
-            latency: define(StatKind::Histogram, CALLOUT_LATENCY),
-        };
         Ok(ModuleConfig {
             bytes: bytes.to_vec(),
-            metrics: Arc::new(metrics),
+            metrics: Arc::new(StatIds::define(define)),
             main: Arc::default(),
         })
     }
@@ -210,7 +196,7 @@ impl<E: Envoy> Filter<E> {
 
     fn answer(&self, reply: CalloutReply) {
         let size = reply.body.len();
-        self.host.deliver(reply);
+        self.host.set_callout_reply(reply);
         self.with(|s, h| s.on_callout_reply(h, size));
     }
 

@@ -4,9 +4,10 @@
 
 use crate::envoy::{Attribute, CalloutReply, CountWakes, Envoy, Wake};
 use crate::host::NativeHost;
-use crate::module::{Filter, ModuleConfig, StatKind};
+use crate::module::{Filter, ModuleConfig};
 use hokusai_mlflow_auth::Headers;
 use hokusai_mlflow_auth::Reply;
+use hokusai_mlflow_auth::StatKind;
 use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicUsize, Ordering};

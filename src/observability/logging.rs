@@ -41,6 +41,18 @@ impl log::Log for EnvoyLog {
     fn flush(&self) {}
 }
 
+/// Routes the `log` crate to `logger` and logs panics through it, once, as
+/// the host loads the filter; `on_panic` says what a panic means in this
+/// build. The panic hook writes its line itself, so it cannot panic in turn.
+pub fn install(logger: &'static EnvoyLog, on_panic: &'static str) {
+    let _ = log::set_logger(logger);
+    log::set_max_level(log::LevelFilter::Info);
+    let write = logger.write;
+    std::panic::set_hook(Box::new(move |info| {
+        write(ERROR, &format!("hokusai-auth: panic, {on_panic}: {info}"));
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

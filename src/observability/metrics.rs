@@ -66,6 +66,47 @@ impl Counter {
     }
 }
 
+/// A kind of stat a host defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    Counter,
+    Histogram,
+}
+
+/// The ids a host gave the filter's stats (`I`: its own id type), each
+/// counter at its `Counter::index`; None where the host refused one.
+#[derive(Debug)]
+pub struct StatIds<I> {
+    counters: Vec<Option<I>>,
+    latency: Option<I>,
+}
+
+impl<I: Copy> StatIds<I> {
+    /// Defines every stat with the host's `define`.
+    pub fn define(mut define: impl FnMut(StatKind, &str) -> Option<I>) -> Self {
+        StatIds {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| define(StatKind::Counter, c.name()))
+                .collect(),
+            latency: define(StatKind::Histogram, CALLOUT_LATENCY),
+        }
+    }
+
+    pub fn counter(&self, c: Counter) -> Option<I> {
+        self.counters.get(c.index()).copied().flatten()
+    }
+
+    pub fn latency(&self) -> Option<I> {
+        self.latency
+    }
+
+    /// Every counter's id, in `Counter::ALL` order.
+    pub fn counters(&self) -> impl Iterator<Item = Option<I>> + '_ {
+        self.counters.iter().copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +124,20 @@ mod tests {
             Counter::Unavailable.name(),
             "hokusai_auth.denied.unavailable"
         );
+    }
+
+    #[test]
+    fn stat_ids_follow_the_counter_table() {
+        let mut names = Vec::new();
+        let ids = StatIds::define(|kind, name| {
+            names.push((kind, name.to_string()));
+            (name != Counter::Allowed.name()).then_some(names.len())
+        });
+        assert_eq!(names.len(), Counter::ALL.len() + 1);
+        assert_eq!(names.last().map(|n| n.0), Some(StatKind::Histogram));
+        assert_eq!(ids.counter(Counter::Allowed), None, "refused by the host");
+        assert_eq!(ids.counter(Counter::Public), Some(1));
+        assert_eq!(ids.latency(), Some(names.len()));
+        assert_eq!(ids.counters().count(), Counter::ALL.len());
     }
 }

@@ -1,8 +1,7 @@
 //! Each worker's table of the digests of the keys it has seen: a client
 //! sends the same key on every request, and its SHA-256 digest (how the
-//! verdict cache finds it) was the largest single cost of a cache hit
-//! (about 3,500 instructions in software, the module's whole logic being
-//! about 17,000 in one callgrind run).
+//! verdict cache finds it) is the largest single cost of a cache hit, so
+//! it is computed once per key and worker, not per request.
 //!
 //! A key is found here by a 128-bit fingerprint: two 64-bit SipHashes
 //! (std's keyed hasher) of the key, told apart by a leading tag, under a

@@ -7,8 +7,9 @@
 //! first. Each host runs the jobs outside any request: the wasm build from
 //! its root context, the native build on Envoy's main thread.
 
-use crate::types::Digest;
+use crate::types::{Digest, Refresh, RefreshJob};
 use std::collections::HashMap;
+use std::hash::Hash;
 
 /// Whether a verdict expiring at `expires_at_ms` is in its refresh window.
 pub fn due(expires_at_ms: u64, now_ms: u64, ahead_ms: u64) -> bool {
@@ -56,6 +57,53 @@ impl Refreshing {
     }
 }
 
+/// At most this many re-validations wait for the host to start them.
+const MAX_QUEUED_JOBS: usize = 1024;
+
+/// The host's side of refresh-ahead: jobs requests queued, waiting to be
+/// started outside any request, and those under way by the id of their
+/// callout (`I`: the wasm build's token, the native build's callout id), so
+/// that an answer finds its key. Each host keeps one where its jobs run (a
+/// VM's root context; Envoy's main thread) behind its own cell or lock.
+pub struct RefreshQueue<I> {
+    jobs: Vec<RefreshJob>,
+    in_flight: HashMap<I, Refresh>,
+}
+
+impl<I> Default for RefreshQueue<I> {
+    fn default() -> Self {
+        RefreshQueue {
+            jobs: Vec::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+}
+
+impl<I: Eq + Hash> RefreshQueue<I> {
+    /// False when too many wait already: the request goes on, unrefreshed.
+    pub fn queue(&mut self, job: RefreshJob) -> bool {
+        if self.jobs.len() >= MAX_QUEUED_JOBS {
+            return false;
+        }
+        self.jobs.push(job);
+        true
+    }
+
+    pub fn take_jobs(&mut self) -> Vec<RefreshJob> {
+        std::mem::take(&mut self.jobs)
+    }
+
+    /// A job was started as the callout `id`.
+    pub fn started(&mut self, id: I, refresh: Refresh) {
+        self.in_flight.insert(id, refresh);
+    }
+
+    /// The re-validation the callout `id` answers, if it is one.
+    pub fn answered(&mut self, id: &I) -> Option<Refresh> {
+        self.in_flight.remove(id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +131,30 @@ mod tests {
         assert!(r.begin([2; 32], 9, 101, 200));
         assert!(!r.begin([3; 32], 9, 101, 200), "full of live jobs");
         assert!(r.begin([3; 32], 9, 300, 400), "expired ones make room");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_answers_find_their_job() {
+        let job = |n: u8| RefreshJob {
+            refresh: Refresh {
+                digest: [n; 32],
+                policy: 0,
+            },
+            cluster: "auth".into(),
+            headers: vec![],
+            body: vec![],
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let mut q = RefreshQueue::<u32>::default();
+        for n in 0..MAX_QUEUED_JOBS {
+            assert!(q.queue(job(n as u8)));
+        }
+        assert!(!q.queue(job(0)), "full");
+        let jobs = q.take_jobs();
+        assert_eq!(jobs.len(), MAX_QUEUED_JOBS);
+        assert!(q.take_jobs().is_empty() && q.queue(job(1)));
+        q.started(7, jobs[1].refresh);
+        assert_eq!(q.answered(&7), Some(jobs[1].refresh));
+        assert_eq!(q.answered(&7), None);
     }
 }

@@ -6,12 +6,11 @@
 //! integer statuses and every failure becomes a value.
 
 use crate::host::{Headers, Host};
-use crate::observability::logging::{EnvoyLog, ERROR};
-use crate::observability::metrics::{Counter, CALLOUT_LATENCY};
-use crate::types::Reply;
-use crate::types::{Refresh, RefreshJob};
+use crate::observability::logging::{self, EnvoyLog};
+use crate::observability::metrics::{Counter, StatIds, StatKind};
+use crate::types::{Refresh, RefreshJob, Reply};
+use crate::verdict::refresh::RefreshQueue;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -148,16 +147,8 @@ fn write_log(level: u32, message: &str) {
 }
 
 /// Routes the `log` crate to Envoy and logs panics: once, as the VM starts.
-/// The panic hook writes its line itself, so it cannot panic in turn.
 pub fn install_logging() {
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(log::LevelFilter::Info);
-    std::panic::set_hook(Box::new(|info| {
-        write_log(
-            ERROR,
-            &format!("hokusai-auth: panic, the VM will stop: {info}"),
-        );
-    }));
+    logging::install(&LOGGER, "the VM will stop");
 }
 
 /// Metric ids of this VM (Envoy shares the stats across workers by name),
@@ -165,22 +156,21 @@ pub fn install_logging() {
 /// (on the root context's tick) hands them over, so a request pays no
 /// hostcall for its stats.
 pub struct WasmHost {
-    counters: Vec<Option<u32>>,
+    stats: StatIds<u32>,
     pending: Vec<Cell<u64>>,
-    latency: Option<u32>,
-    /// Re-validations queued by requests, started on the root's tick.
-    jobs: RefCell<Vec<RefreshJob>>,
-    /// Re-validations under way, by callout token (answered to the root).
-    refreshes: RefCell<HashMap<u32, Refresh>>,
+    /// Re-validations queued by requests, started on the root's tick and
+    /// answered to the root, by callout token.
+    refreshes: RefCell<RefreshQueue<u32>>,
 }
-
-/// At most this many re-validations wait for the next tick.
-const MAX_QUEUED_JOBS: usize = 1024;
 
 /// How often counts reach Envoy's stats.
 pub const FLUSH_PERIOD: Duration = Duration::from_millis(200);
 
-fn define(kind: u32, name: &str) -> Option<u32> {
+fn define(kind: StatKind, name: &str) -> Option<u32> {
+    let kind = match kind {
+        StatKind::Counter => METRIC_COUNTER,
+        StatKind::Histogram => METRIC_HISTOGRAM,
+    };
     let mut id = 0u32;
     // SAFETY: pointer and length of a live &str, out-pointer to a local.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
@@ -190,40 +180,35 @@ fn define(kind: u32, name: &str) -> Option<u32> {
 impl WasmHost {
     pub fn new() -> Self {
         WasmHost {
-            counters: Counter::ALL
-                .iter()
-                .map(|c| define(METRIC_COUNTER, c.name()))
-                .collect(),
+            stats: StatIds::define(define),
             pending: Counter::ALL.iter().map(|_| Cell::new(0)).collect(),
-            latency: define(METRIC_HISTOGRAM, CALLOUT_LATENCY),
-            jobs: RefCell::default(),
             refreshes: RefCell::default(),
         }
     }
 
     /// The queued re-validations, to start from the root context.
     pub fn take_jobs(&self) -> Vec<RefreshJob> {
-        std::mem::take(&mut *self.jobs.borrow_mut())
+        self.refreshes.borrow_mut().take_jobs()
     }
 
     /// A re-validation the root context started, by its callout token.
     pub fn started(&self, token: u32, refresh: Refresh) {
-        self.refreshes.borrow_mut().insert(token, refresh);
+        self.refreshes.borrow_mut().started(token, refresh);
     }
 
     /// The re-validation a callout token answers, if it is one.
     pub fn answered(&self, token: u32) -> Option<Refresh> {
-        self.refreshes.borrow_mut().remove(&token)
+        self.refreshes.borrow_mut().answered(&token)
     }
 }
 
 impl WasmHost {
     pub fn flush(&self) {
-        for (id, pending) in self.counters.iter().zip(&self.pending) {
+        for (id, pending) in self.stats.counters().zip(&self.pending) {
             let n = pending.take();
             if let (Some(id), true) = (id, n > 0) {
                 // SAFETY: no pointers.
-                unsafe { proxy_increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX)) };
+                unsafe { proxy_increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX)) };
             }
         }
     }
@@ -359,12 +344,7 @@ impl Host for WasmHost {
     }
 
     fn queue_refresh(&self, job: RefreshJob) -> bool {
-        let mut jobs = self.jobs.borrow_mut();
-        if jobs.len() >= MAX_QUEUED_JOBS {
-            return false;
-        }
-        jobs.push(job);
-        true
+        self.refreshes.borrow_mut().queue(job)
     }
 
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -421,7 +401,7 @@ impl Host for WasmHost {
     }
 
     fn record_callout_latency(&self, ms: u64) {
-        if let Some(id) = self.latency {
+        if let Some(id) = self.stats.latency() {
             // SAFETY: no pointers.
             unsafe { proxy_record_metric(id, ms) };
         }
