@@ -14,6 +14,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy (native and wasm32-wasip1)"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p hokusai-mlflow-auth --target wasm32-wasip1 -- -D warnings
+echo "== no import circle among the modules of src/ and native/src/"
+python3 scripts/module-cycles.py src native/src
 echo "== no function over 60 lines outside tests"
 python3 scripts/long-functions.py 60 src standin/src native/src
 echo "== cargo test"
