@@ -24,6 +24,7 @@
     )
 )]
 
+mod assertion;
 mod config;
 mod filter;
 mod host;

@@ -5,6 +5,7 @@
 //! requests (`routes.rs`) and carries its own policy.
 
 use super::routes::Selector;
+use crate::assertion::jws::Signer;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -152,6 +153,28 @@ pub enum FailureMode {
     Deny,
 }
 
+/// The header that names the MLflow workspace a request is for.
+pub const WORKSPACE_HEADER: &str = "x-mlflow-workspace";
+
+/// The signed identity the filter hands MLflow with each request it
+/// forwards with a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityAssertion {
+    /// Its key, `kid`, issuer and audience.
+    pub signer: Signer,
+    /// A token's lifetime at most (never past its verdict's expiry and a
+    /// small skew).
+    pub ttl_s: u64,
+}
+
+/// The headers that tell the upstream who calls (lower-cased names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    pub user_id: String,
+    pub key_id: String,
+    pub assertion: String,
+}
+
 /// What applies to a request: the top level's, or a rule's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -173,6 +196,11 @@ pub struct Policy {
     pub challenge: Challenge,
     /// The path under each mount the filter answers itself; None: off.
     pub whoami: Option<String>,
+    /// None: no assertion is signed on this route.
+    pub assertion: Option<IdentityAssertion>,
+    /// The MLflow workspace the route maps to (`X-MLFLOW-WORKSPACE`, set
+    /// whatever the client sent); None: the client's own, if any.
+    pub workspace: Option<String>,
 }
 
 impl Policy {
@@ -194,9 +222,7 @@ pub struct Config {
     pub policy: Policy,
     pub rules: Vec<Rule>,
     pub cache: CacheConfig,
-    /// Lower-cased header names.
-    pub user_id_header: String,
-    pub key_id_header: String,
+    pub identity_headers: IdentityHeaders,
     /// Slots of the rate-limit counter table every route shares.
     pub rate_limit_slots: u32,
     pub audit_log: bool,

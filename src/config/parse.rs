@@ -10,7 +10,7 @@ use super::routes::{RawMatch, Selector};
 use serde_json::{Map, Value};
 
 /// The sections a rule may override, in the order they are checked.
-const POLICY_SECTIONS: [&str; 10] = [
+const POLICY_SECTIONS: [&str; 11] = [
     "enabled",
     "auth",
     "credentials",
@@ -21,7 +21,10 @@ const POLICY_SECTIONS: [&str; 10] = [
     "anonymous_read",
     "challenge",
     "whoami",
+    "identity_assertion",
 ];
+/// What a rule may set of `identity_assertion`: one key signs for every route.
+const RULE_ASSERTION_FIELDS: [&str; 1] = ["audience"];
 /// What only the top level sets.
 const GLOBAL_SECTIONS: [&str; 4] = ["cache", "identity_headers", "audit_log", "routes"];
 /// What only a rule sets.
@@ -29,28 +32,36 @@ const RULE_FIELDS: [&str; 2] = ["name", "match"];
 
 type Sections = Map<String, Value>;
 
+/// Reads an environment variable (the identity assertion's signing key).
+type Env<'e> = &'e dyn Fn(&str) -> Option<String>;
+
 impl Config {
     /// Parses and checks the plugin configuration; the error names the field.
+    /// The identity assertion's key comes from the process environment.
     pub fn parse(bytes: &[u8]) -> Result<Config, String> {
+        Config::parse_with_env(bytes, &|name| std::env::var(name).ok())
+    }
+
+    /// `parse`, with the environment given.
+    pub fn parse_with_env(bytes: &[u8], env: Env<'_>) -> Result<Config, String> {
         let top: Sections =
             serde_json::from_slice(bytes).map_err(|e| format!("invalid configuration: {e}"))?;
         known_fields(&top, &[&POLICY_SECTIONS, &GLOBAL_SECTIONS], |f| {
             format!("invalid configuration: unknown field `{f}`")
         })?;
         let at = FieldPath("");
-        let policy = policy(at, "default", &top)?;
+        let policy = policy(at, "default", &top, env)?;
         let cache = raw::cache(at, at.read("cache", top.get("cache"))?)?;
-        let (user_id_header, key_id_header) = raw::identity_headers(
+        let identity_headers = raw::identity_headers(
             at,
             at.read("identity_headers", top.get("identity_headers"))?,
         )?;
         let rate = at.read("rate_limit", top.get("rate_limit"))?;
         Ok(Config {
-            rules: rules(&top)?,
+            rules: rules(&top, env)?,
             policy,
             cache,
-            user_id_header,
-            key_id_header,
+            identity_headers,
             rate_limit_slots: raw::rate_limit_slots(at, &rate)?,
             audit_log: flag(at, &top, "audit_log", true)?,
         })
@@ -79,12 +90,13 @@ fn flag(at: FieldPath, sections: &Sections, name: &str, default: bool) -> Result
 }
 
 /// One policy from its sections (the top level's, or a rule's laid over them).
-fn policy(at: FieldPath, name: &str, s: &Sections) -> Result<Policy, String> {
+fn policy(at: FieldPath, name: &str, s: &Sections, env: Env<'_>) -> Result<Policy, String> {
     let enabled = flag(at, s, "enabled", true)?;
     let auth = raw::auth_service(at, at.read("auth", s.get("auth"))?)?;
     let (sources, max_key_length) =
         raw::credentials(at, at.read("credentials", s.get("credentials"))?)?;
-    let (mount_prefixes, ajax_api) = raw::mlflow(at, at.read("mlflow", s.get("mlflow"))?)?;
+    let (mount_prefixes, ajax_api, workspace) =
+        raw::mlflow(at, at.read("mlflow", s.get("mlflow"))?)?;
     let public_paths = raw::public_paths(at, s.get("public_paths"))?;
     let scopes = raw::scopes(at, at.read("scopes", s.get("scopes"))?)?;
     let default_scope = format!("{}@{}", auth.service_id, auth.cluster);
@@ -103,10 +115,16 @@ fn policy(at: FieldPath, name: &str, s: &Sections) -> Result<Policy, String> {
         anonymous_read: flag(at, s, "anonymous_read", false)?,
         challenge: raw::challenge(at, at.read("challenge", s.get("challenge"))?)?,
         whoami: raw::whoami(at, at.read("whoami", s.get("whoami"))?)?,
+        assertion: raw::identity_assertion(
+            at,
+            at.read("identity_assertion", s.get("identity_assertion"))?,
+            env,
+        )?,
+        workspace,
     })
 }
 
-fn rules(top: &Sections) -> Result<Vec<Rule>, String> {
+fn rules(top: &Sections, env: Env<'_>) -> Result<Vec<Rule>, String> {
     let Some(list) = top.get("routes") else {
         return Ok(Vec::new());
     };
@@ -116,7 +134,7 @@ fn rules(top: &Sections) -> Result<Vec<Rule>, String> {
     let mut rules: Vec<Rule> = Vec::new();
     for (i, raw) in list.iter().enumerate() {
         let prefix = format!("routes[{i}].");
-        let rule = rule(FieldPath(&prefix), i, raw, top)?;
+        let rule = rule(FieldPath(&prefix), i, raw, top, env)?;
         if let Some(dup) = rules.iter().position(|r| r.selector == rule.selector) {
             return Err(format!(
                 "routes[{i}].match: the same as routes[{dup}].match, so it could never apply"
@@ -127,7 +145,13 @@ fn rules(top: &Sections) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
-fn rule(at: FieldPath, i: usize, raw: &Value, top: &Sections) -> Result<Rule, String> {
+fn rule(
+    at: FieldPath,
+    i: usize,
+    raw: &Value,
+    top: &Sections,
+    env: Env<'_>,
+) -> Result<Rule, String> {
     let raw = raw
         .as_object()
         .ok_or_else(|| format!("routes[{i}]: must be an object"))?;
@@ -145,9 +169,27 @@ fn rule(at: FieldPath, i: usize, raw: &Value, top: &Sections) -> Result<Rule, St
             "set it at the top level: one counter table serves every route",
         ));
     }
+    only_rule_fields_of_assertion(at, raw)?;
     let name = rule_name(at, i, raw.get("name"))?;
-    let policy = policy(at, &name, &over(top, raw))?;
+    let policy = policy(at, &name, &over(top, raw), env)?;
     Ok(Rule { selector, policy })
+}
+
+fn only_rule_fields_of_assertion(at: FieldPath, raw: &Sections) -> Result<(), String> {
+    let set = raw
+        .get("identity_assertion")
+        .and_then(Value::as_object)
+        .and_then(|a| {
+            a.keys()
+                .find(|k| !RULE_ASSERTION_FIELDS.contains(&k.as_str()))
+        });
+    match set {
+        Some(k) => Err(at.err(
+            &format!("identity_assertion.{k}"),
+            "set it at the top level: one signing key serves every route (a rule may set `audience`)",
+        )),
+        None => Ok(()),
+    }
 }
 
 fn rule_name(at: FieldPath, i: usize, raw: Option<&Value>) -> Result<String, String> {
@@ -210,8 +252,10 @@ mod tests {
         assert_eq!(c.policy.mount_prefixes, vec!["/api/mlflow", "/mlflow"]);
         assert!(!c.policy.ajax_api);
         assert_eq!(c.policy.public_paths.len(), 3);
-        assert_eq!(c.user_id_header, "x-hokusai-user-id");
-        assert_eq!(c.key_id_header, "x-hokusai-api-key-id");
+        assert_eq!(c.identity_headers.user_id, "x-hokusai-user-id");
+        assert_eq!(c.identity_headers.key_id, "x-hokusai-api-key-id");
+        assert_eq!(c.identity_headers.assertion, "x-hokusai-identity");
+        assert_eq!((&c.policy.assertion, &c.policy.workspace), (&None, &None));
         assert!(c.policy.scopes.read.is_empty());
         assert!(c.policy.scopes.write.contains(&"mlflow:access".to_string()));
         assert_eq!(c.policy.scopes.admin, vec!["mlflow:admin", "admin"]);
@@ -357,7 +401,7 @@ mod tests {
             c.policy.public_paths,
             vec![("/healthz".into(), "/health".into())]
         );
-        assert_eq!(c.user_id_header, "x-user");
+        assert_eq!(c.identity_headers.user_id, "x-user");
         assert!(c.policy.scopes.registry_writes_admin_only);
         assert_eq!(c.policy.rate_limit, None);
         assert!(!c.audit_log);

@@ -4,9 +4,11 @@
 
 use super::field_path::{absolute_path, FieldPath};
 use super::model::{
-    AuthService, CacheConfig, Challenge, FailureMode, GlobalLimit, KeyForm, LimitMode,
-    RateLimitConfig, Scheme, ScopeConfig, Source,
+    AuthService, CacheConfig, Challenge, FailureMode, GlobalLimit, IdentityAssertion,
+    IdentityHeaders, KeyForm, LimitMode, RateLimitConfig, Scheme, ScopeConfig, Source,
+    WORKSPACE_HEADER,
 };
+use crate::assertion::jws::{Signer, SigningKey};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -59,6 +61,7 @@ pub struct RawMlflow {
     mount_prefixes: Vec<String>,
     #[serde(default)]
     ajax_api: bool,
+    workspace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +71,22 @@ pub struct RawIdentityHeaders {
     user_id: String,
     #[serde(default = "default_key_header")]
     key_id: String,
+    #[serde(default = "default_assertion_header")]
+    assertion: String,
+}
+
+/// Off unless `signing_key_env` names the variable that holds the key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    signing_key_env: Option<String>,
+    kid: Option<String>,
+    #[serde(default = "default_issuer")]
+    issuer: String,
+    #[serde(default = "default_audience")]
+    audience: String,
+    #[serde(default = "default_assertion_ttl")]
+    ttl_seconds: u64,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +182,18 @@ fn default_mounts() -> Vec<String> {
 fn default_user_header() -> String {
     "x-hokusai-user-id".into()
 }
+fn default_assertion_header() -> String {
+    "x-hokusai-identity".into()
+}
+fn default_issuer() -> String {
+    "hokusai-gateway".into()
+}
+fn default_audience() -> String {
+    "mlflow".into()
+}
+fn default_assertion_ttl() -> u64 {
+    60
+}
 fn default_key_header() -> String {
     "x-hokusai-api-key-id".into()
 }
@@ -255,6 +286,15 @@ fn scope_list(at: FieldPath, field: &str, v: Vec<String>) -> Result<Vec<String>,
     Ok(v)
 }
 
+/// A name that goes into a claim or a header value: 1 to 256 visible
+/// ASCII characters.
+fn claim_text(at: FieldPath, field: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 256 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(at.err(field, "must be 1 to 256 visible ASCII characters"));
+    }
+    Ok(())
+}
+
 fn no_controls(at: FieldPath, field: &str, v: &str) -> Result<(), String> {
     if v.bytes().any(|b| b < b' ' || b == 0x7f) {
         return Err(at.err(field, "must not contain control characters"));
@@ -343,7 +383,7 @@ pub fn cache(at: FieldPath, k: RawCache) -> Result<CacheConfig, String> {
 }
 
 /// The mount prefixes (longest first) and the ajax-api mapping.
-pub fn mlflow(at: FieldPath, m: RawMlflow) -> Result<(Vec<String>, bool), String> {
+pub fn mlflow(at: FieldPath, m: RawMlflow) -> Result<(Vec<String>, bool, Option<String>), String> {
     let mut mounts = Vec::new();
     for p in m.mount_prefixes {
         absolute_path(at, "mlflow.mount_prefixes", &p)?;
@@ -355,7 +395,10 @@ pub fn mlflow(at: FieldPath, m: RawMlflow) -> Result<(Vec<String>, bool), String
     }
     // Longest first, so that nested mounts strip the most specific one.
     mounts.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    Ok((mounts, m.ajax_api))
+    if let Some(w) = &m.workspace {
+        claim_text(at, "mlflow.workspace", w)?;
+    }
+    Ok((mounts, m.ajax_api, m.workspace))
 }
 
 pub fn public_paths(at: FieldPath, raw: Option<&Value>) -> Result<Vec<(String, String)>, String> {
@@ -372,21 +415,70 @@ pub fn public_paths(at: FieldPath, raw: Option<&Value>) -> Result<Vec<(String, S
     Ok(paths)
 }
 
-pub fn identity_headers(
-    at: FieldPath,
-    raw: RawIdentityHeaders,
-) -> Result<(String, String), String> {
+pub fn identity_headers(at: FieldPath, raw: RawIdentityHeaders) -> Result<IdentityHeaders, String> {
     let user_id = header_name(at, "identity_headers.user_id", &raw.user_id)?;
     let key_id = header_name(at, "identity_headers.key_id", &raw.key_id)?;
-    if user_id == key_id {
-        return Err(at.err("identity_headers", "user_id and key_id must differ"));
+    let assertion = header_name(at, "identity_headers.assertion", &raw.assertion)?;
+    if user_id == key_id || assertion == user_id || assertion == key_id {
+        return Err(at.err(
+            "identity_headers",
+            "user_id, key_id and assertion must differ",
+        ));
     }
-    for reserved in ["authorization", "x-api-key", "host"] {
-        if user_id == reserved || key_id == reserved {
-            return Err(at.err("identity_headers", "must not name a credential header"));
+    for reserved in ["authorization", "x-api-key", "host", WORKSPACE_HEADER] {
+        if [&user_id, &key_id, &assertion].contains(&&reserved.to_string()) {
+            return Err(at.err(
+                "identity_headers",
+                "must not name a credential header, host or x-mlflow-workspace",
+            ));
         }
     }
-    Ok((user_id, key_id))
+    Ok(IdentityHeaders {
+        user_id,
+        key_id,
+        assertion,
+    })
+}
+
+/// The identity assertion, off when no signing key is named. The key is
+/// read from the environment variable `signing_key_env` names (Envoy's Wasm
+/// `vm_config.environment_variables`, Istio's `vmConfig.env`, the process
+/// environment for the native build): never from the plugin JSON, which
+/// shows in config dumps.
+pub fn identity_assertion(
+    at: FieldPath,
+    raw: RawAssertion,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<IdentityAssertion>, String> {
+    let Some(var) = raw.signing_key_env else {
+        return Ok(None);
+    };
+    let field = "identity_assertion.signing_key_env";
+    if var.is_empty() || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(at.err(field, "must name an environment variable (A-Z, 0-9, _)"));
+    }
+    let pem = env(&var)
+        .ok_or_else(|| at.err(field, &format!("the environment variable {var} is not set")))?;
+    let key = SigningKey::parse(&pem).map_err(|e| at.err(field, &format!("{var}: {e}")))?;
+    let kid = raw
+        .kid
+        .ok_or_else(|| at.err("identity_assertion.kid", "required with a signing key"))?;
+    claim_text(at, "identity_assertion.kid", &kid)?;
+    claim_text(at, "identity_assertion.issuer", &raw.issuer)?;
+    claim_text(at, "identity_assertion.audience", &raw.audience)?;
+    range(
+        at,
+        "identity_assertion.ttl_seconds",
+        raw.ttl_seconds,
+        10,
+        3600,
+    )?;
+    let signer = Signer::new(key, &kid, &raw.issuer, &raw.audience)
+        .map_err(|e| at.err("identity_assertion", &e))?;
+    Ok(Some(IdentityAssertion {
+        signer,
+        ttl_s: raw.ttl_seconds,
+    }))
 }
 
 pub fn scopes(at: FieldPath, s: RawScopes) -> Result<ScopeConfig, String> {

@@ -9,8 +9,9 @@
 //! `Stream::deny`, every pass without a key through `Stream::pass`, every
 //! host interaction through `Host`.
 
+use crate::assertion::tokens::{self as assertion, Tokens};
 use crate::config::routes::{RouteTable, Selector};
-use crate::config::{Config, Policy, Source};
+use crate::config::{Config, Policy, Source, WORKSPACE_HEADER};
 use crate::host::{Headers, Host};
 use crate::limits::local::RateLimiter;
 use crate::observability::metrics::Counter;
@@ -66,6 +67,8 @@ pub struct Worker {
     digests: KeyDigests,
     cache: VerdictCache,
     rate: RateLimiter,
+    /// Signed identity assertions, one per key, policy and verdict.
+    assertions: Tokens,
     flights: RefCell<Flights<Waiter>>,
     /// Keys with a re-validation under way (refresh-ahead).
     refreshing: RefCell<Refreshing>,
@@ -84,6 +87,7 @@ impl Worker {
             digests: KeyDigests::new(cfg.cache.slots as usize),
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
+            assertions: Tokens::new(cfg.cache.slots as usize),
             flights: RefCell::default(),
             refreshing: RefCell::new(Refreshing::new(cfg.cache.slots as usize)),
             charges: RefCell::default(),
@@ -165,6 +169,9 @@ pub struct Stream {
     cache: CacheState,
     /// The key's rate-limit window, for the response headers.
     window: Option<Window>,
+    /// When the verdict the request goes on with expires; None when it is
+    /// served stale (stale-if-error).
+    verdict_expires_ms: Option<u64>,
     /// Read once per callback: one clock hostcall serves the whole decision.
     now_ms: u64,
     /// Rate limit calls this stream's context made for its waiters, not
@@ -224,6 +231,7 @@ impl Stream {
                 digest: None,
                 cache: CacheState::None,
                 window: None,
+                verdict_expires_ms: None,
                 now_ms: 0,
                 held: 0,
                 deferred: None,
@@ -353,6 +361,7 @@ impl Stream {
             Lookup::Fresh(cached, expires_at_ms) => {
                 let hit = (digest, &cached, expires_at_ms);
                 self.refresh_if_due(host, &credential.key, forwarded_for, hit);
+                self.verdict_expires_ms = Some(expires_at_ms);
                 return self.cache_hit(host, cached);
             }
             Lookup::Stale(id) => Some(id),
@@ -440,6 +449,7 @@ impl Stream {
         }
         worker.cache.store(host, &digest, &verdict, self.now_ms);
         let waiters = worker.flights.borrow_mut().land(&digest);
+        self.verdict_expires_ms = Some(self.now_ms + worker.cfg.cache.ttl_ms);
         let own = self.decide(host, verdict.clone(), stale);
         let to_charge = decide_for_waiters(host, waiters, &verdict, true);
         host.switch_to(self.id);
@@ -582,6 +592,7 @@ impl Stream {
             (Verdict::Unavailable(_), Some(id)) => {
                 self.note_cache(CacheState::Stale);
                 host.count(Counter::CacheStaleServed);
+                self.verdict_expires_ms = None;
                 Ok(id)
             }
             (Verdict::Unavailable(_), None) => Err(Denial::Unavailable),
@@ -625,19 +636,43 @@ impl Stream {
         }
         // Added, not set: any value the client sent went with the
         // credentials, when the request's headers were read.
-        let cfg = &self.worker.cfg;
+        let headers = &self.worker.cfg.identity_headers;
         if let Some(u) = &id.user_id {
-            host.add_request_header(&cfg.user_id_header, u);
+            host.add_request_header(&headers.user_id, u);
         }
         if let Some(k) = &id.key_id {
-            host.add_request_header(&cfg.key_id_header, k);
+            host.add_request_header(&headers.key_id, k);
         }
+        self.assert_identity(host, id);
         host.count(Counter::Allowed);
         self.decided("allowed");
         if resumed {
             host.resume_request();
         }
         Flow::Continue
+    }
+
+    /// The signed identity for MLflow, and the workspace the route maps to.
+    fn assert_identity<H: Host>(&self, host: &H, id: &Identity) {
+        let worker = &self.worker;
+        let policy = worker.cfg.policy_at(self.policy);
+        if let (Some(a), Some(digest)) = (&policy.assertion, self.digest) {
+            let request = assertion::Request {
+                signer: &a.signer,
+                ttl_s: a.ttl_s,
+                service_id: &policy.auth.service_id,
+                digest,
+                policy: self.policy,
+                verdict_expires_ms: self.verdict_expires_ms,
+                now_ms: self.now_ms,
+            };
+            if let Some(token) = worker.assertions.token(&request, id) {
+                host.add_request_header(&worker.cfg.identity_headers.assertion, &token);
+            }
+        }
+        if let Some(w) = &policy.workspace {
+            host.set_request_header(WORKSPACE_HEADER, Some(w));
+        }
     }
 
     fn answer_whoami<H: Host>(&mut self, host: &H, id: &Identity) -> Flow {
@@ -724,6 +759,7 @@ fn decide_for_waiters<H: Host>(
             State::Waiting { stale, .. } => stale,
             _ => None,
         };
+        s.verdict_expires_ms = Some(s.now_ms + s.worker.cfg.cache.ttl_ms);
         match s.decide(host, verdict.clone(), stale) {
             Decided::Now(outcome) => {
                 s.act(host, outcome, true);

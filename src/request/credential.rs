@@ -77,7 +77,7 @@ impl<'a> Presented<'a> {
         match name {
             "authorization" => self.authorization.push(value),
             "x-api-key" => self.x_api_key.push(value),
-            n if n == cfg.user_id_header || n == cfg.key_id_header => self.claim(n),
+            n if is_identity_header(n, cfg) => self.claim(n),
             // Servers behind WSGI/ASGI adapters read `x_hokusai_user_id` as
             // `x-hokusai-user-id`: underscore spellings of protected headers go too.
             n if n.contains('_') && is_protected(n, cfg) => self.claim(n),
@@ -106,6 +106,12 @@ impl<'a> Presented<'a> {
     }
 }
 
+/// Whether `name` is one of the headers that tell the upstream who calls.
+fn is_identity_header(name: &str, cfg: &Config) -> bool {
+    let h = &cfg.identity_headers;
+    name == h.user_id || name == h.key_id || name == h.assertion
+}
+
 /// Whether `name`, read with `_` as `-`, is a credential or identity header.
 fn is_protected(name: &str, cfg: &Config) -> bool {
     let same = |protected: &str| {
@@ -115,8 +121,10 @@ fn is_protected(name: &str, cfg: &Config) -> bool {
                 .zip(protected.bytes())
                 .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
     };
-    same(&cfg.user_id_header)
-        || same(&cfg.key_id_header)
+    let h = &cfg.identity_headers;
+    same(&h.user_id)
+        || same(&h.key_id)
+        || same(&h.assertion)
         || same("x-api-key")
         || same("authorization")
 }

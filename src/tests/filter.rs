@@ -256,10 +256,15 @@ const RO: &str = r#"{"user_id": "u_2", "key_id": "k_2", "scopes": ["mlflow:read"
 
 impl Rig {
     fn new(extra: &str) -> Rig {
+        Rig::with_env(extra, &|_| None)
+    }
+
+    /// A rig whose configuration reads `env` for its environment variables.
+    fn with_env(extra: &str, env: &dyn Fn(&str) -> Option<String>) -> Rig {
         let json = format!(
             r#"{{"auth": {{"cluster": "hokusai_auth", "service_id": "platform"}}{extra}}}"#
         );
-        let cfg = Config::parse(json.as_bytes()).unwrap();
+        let cfg = Config::parse_with_env(json.as_bytes(), env).unwrap();
         captured::start();
         Rig {
             host: FakeHost::default(),
@@ -1318,4 +1323,172 @@ fn a_leader_that_goes_away_leaves_its_waiters_the_failure_mode() {
     rig.remember(lead, &ls);
     rig.count_reply(1001, 0, rls_reply::of(false, 1));
     assert!(rig.host.resumed.borrow().is_empty());
+}
+
+// --- the identity assertion ---------------------------------------------------
+
+/// RFC 8032's first test key, as PKCS#8 PEM: a fixture, never deployed.
+const SIGNING_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g
+-----END PRIVATE KEY-----";
+const SIGNING_PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+const ASSERTING: &str = r#", "identity_assertion": {"signing_key_env": "SIGNING_KEY", "kid": "k1"},
+    "mlflow": {"workspace": "team-a"},
+    "routes": [{"name": "other", "match": {"path_prefix": "/other/"},
+                "mlflow": {"mount_prefixes": ["/other"]},
+                "identity_assertion": {"audience": "mlflow-other"}}]"#;
+
+fn signing_env(name: &str) -> Option<String> {
+    (name == "SIGNING_KEY").then(|| SIGNING_PEM.to_string())
+}
+
+/// The claims of a token whose signature the test key verifies.
+fn verified_claims(token: &str) -> serde_json::Value {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use ed25519_dalek::Verifier as _;
+    let (input, signature) = token.rsplit_once('.').unwrap();
+    let public: [u8; 32] = hex::decode(SIGNING_PUBLIC).unwrap().try_into().unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap();
+    let signature: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(signature)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    key.verify(
+        input.as_bytes(),
+        &ed25519_dalek::Signature::from_bytes(&signature),
+    )
+    .expect("signed by the configured key");
+    let payload = input.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+#[test]
+fn a_forwarded_request_carries_a_signed_identity_reused_per_verdict() {
+    let rig = Rig::with_env(ASSERTING, &signing_env);
+    rig.host.now.set(1_000_000);
+    let (id, s, _) = rig.request(
+        "POST",
+        RUNS_CREATE,
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-hokusai-identity", "forged"),
+            ("x_hokusai_identity", "forged"),
+            ("x-mlflow-workspace", "team-b"),
+        ],
+    );
+    assert_eq!(
+        rig.host.header(id, "x-hokusai-identity"),
+        None,
+        "client copy removed"
+    );
+    assert_eq!(rig.host.header(id, "x_hokusai_identity"), None);
+    rig.reply(id, &s, Some(200), RW);
+    let token = rig
+        .host
+        .header(id, "x-hokusai-identity")
+        .expect("assertion added");
+    let claims = verified_claims(&token);
+    assert_eq!(
+        claims,
+        serde_json::json!({
+            "iss": "hokusai-gateway", "aud": "mlflow", "sub": "u_1", "key_id": "k_1",
+            "scopes": ["mlflow:read", "mlflow:write"], "is_admin": false,
+            "service_id": "platform", "iat": 1000, "exp": 1060,
+        })
+    );
+    assert_eq!(
+        rig.host.header(id, "x-mlflow-workspace").as_deref(),
+        Some("team-a")
+    );
+    rig.host.now.set(1_020_000);
+    let (id2, _, flow) = rig.bearer(RUNS_CREATE);
+    assert_eq!(flow, Flow::Continue, "a cache hit");
+    assert_eq!(
+        rig.host.header(id2, "x-hokusai-identity"),
+        Some(token),
+        "not signed again"
+    );
+    rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn a_rule_signs_for_its_own_audience_and_workspace() {
+    let rig = Rig::with_env(ASSERTING, &signing_env);
+    let (id, s, _) = rig.bearer("/other/api/2.0/mlflow/runs/create");
+    rig.reply(id, &s, Some(200), RW);
+    let token = rig.host.header(id, "x-hokusai-identity").unwrap();
+    assert_eq!(verified_claims(&token)["aud"], "mlflow-other");
+    assert_eq!(
+        rig.host.header(id, "x-mlflow-workspace").as_deref(),
+        Some("team-a"),
+        "laid over the top level's mlflow section"
+    );
+}
+
+#[test]
+fn no_assertion_without_a_signing_key_or_for_refusals() {
+    let rig = Rig::new("");
+    let (id, s, _) = rig.request(
+        "POST",
+        RUNS_CREATE,
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-hokusai-identity", "forged"),
+        ],
+    );
+    rig.reply(id, &s, Some(200), RW);
+    assert_eq!(rig.host.header(id, "x-hokusai-identity"), None);
+    let rig = Rig::with_env(ASSERTING, &signing_env);
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(401), r#"{"detail": "invalid"}"#);
+    assert_eq!(rig.host.status(id), Some(401));
+    assert_eq!(rig.host.header(id, "x-hokusai-identity"), None);
+}
+
+#[test]
+fn a_missing_or_malformed_signing_key_is_refused_naming_the_field() {
+    let json = |extra: &str| {
+        format!(
+            r#"{{"auth": {{"cluster": "a", "service_id": "s"}}, "identity_assertion": {extra}}}"#
+        )
+    };
+    let unset = Config::parse_with_env(
+        json(r#"{"signing_key_env": "SIGNING_KEY", "kid": "k1"}"#).as_bytes(),
+        &|_| None,
+    )
+    .unwrap_err();
+    assert!(
+        unset.starts_with(
+            "identity_assertion.signing_key_env: the environment variable SIGNING_KEY is not set"
+        ),
+        "{unset}"
+    );
+    let garbage = "-----BEGIN PRIVATE KEY-----\nAAAAsecretsecret\n-----END PRIVATE KEY-----";
+    let bad = Config::parse_with_env(
+        json(r#"{"signing_key_env": "SIGNING_KEY", "kid": "k1"}"#).as_bytes(),
+        &|_| Some(garbage.to_string()),
+    )
+    .unwrap_err();
+    assert!(
+        bad.starts_with("identity_assertion.signing_key_env: SIGNING_KEY: "),
+        "{bad}"
+    );
+    assert!(!bad.contains("secret"), "{bad}");
+    let no_kid = Config::parse_with_env(
+        json(r#"{"signing_key_env": "SIGNING_KEY"}"#).as_bytes(),
+        &signing_env,
+    )
+    .unwrap_err();
+    assert!(no_kid.starts_with("identity_assertion.kid: "), "{no_kid}");
+    let in_rule = Config::parse_with_env(
+        br#"{"auth": {"cluster": "a", "service_id": "s"}, "routes": [{"match": {"path_prefix": "/x/"}, "identity_assertion": {"kid": "k2"}}]}"#,
+        &signing_env,
+    )
+    .unwrap_err();
+    assert!(
+        in_rule.starts_with("routes[0].identity_assertion.kid: set it at the top level"),
+        "{in_rule}"
+    );
 }
