@@ -24,19 +24,22 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import run as R
+from hokusai_testkit import harness
+from hokusai_testkit.bench.gateway import bearer, envoy_options
+from hokusai_testkit.bench.keys import BENCH_KEY
+from hokusai_testkit.bench.rows import REQ_PATH, Row, base_rows, hokusai_config
 
-harness = R.harness
-KEY_ENTRY = {"key": R.BENCH_KEY, "user_id": "u_bench_hot", "key_id": "k_bench_hot", "service_id": "platform",
+KEY_ENTRY = {"key": BENCH_KEY, "user_id": "u_bench_hot", "key_id": "k_bench_hot", "service_id": "platform",
              "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 1_000_000_000}
 
 
-def row_for(spec: str, rate_limit: bool) -> R.Row:
+def row_for(spec: str, rate_limit: bool) -> Row:
     name, sep, path = spec.partition("=")
     if not sep:
-        rows = {r.name: r for r in R.base_rows(harness.WASM)}
+        rows = {r.name: r for r in base_rows(harness.WASM)}
         if name not in rows:
             raise SystemExit(f"unknown row {name!r}; rows: {sorted(rows)}")
         return rows[name]
@@ -44,12 +47,12 @@ def row_for(spec: str, rate_limit: bool) -> R.Row:
     if not p.is_file():
         raise SystemExit(f"{spec}: no such file")
     if p.suffix == ".so":
-        return R.Row(name, name, "hokusai", so=p, config=R.hokusai_config(rate_limit), native=True)
-    return R.Row(name, name, "hokusai", wasm=p, config=R.hokusai_config(rate_limit))
+        return Row(name, name, "hokusai", so=p, config=hokusai_config(rate_limit), native=True)
+    return Row(name, name, "hokusai", wasm=p, config=hokusai_config(rate_limit))
 
 
 def get(conn: http.client.HTTPConnection) -> int:
-    conn.request("GET", R.REQ_PATH, headers=R.bearer(R.BENCH_KEY))
+    conn.request("GET", REQ_PATH, headers=bearer(BENCH_KEY))
     r = conn.getresponse()
     r.read()
     return r.status
@@ -83,17 +86,12 @@ def worker_instructions(out: Path) -> int:
     return max(totals)
 
 
-def measure(row: R.Row, work: Path, echo, keys, n: int, warm: int) -> float:
+def measure(row: Row, work: Path, echo, keys, n: int, warm: int) -> float:
     port = harness.free_port()
-    extra = {"BENCH_KEY": R.BENCH_KEY}
-    if row.wasm is not None:
-        extra["WASM"] = str(row.wasm)
-    native = row.so or harness.NATIVE
+    options = replace(envoy_options(row, work, echo.port, keys.port), listen_port=port)
+    native = options.native
     # Rendered by the harness (then stopped), run again under valgrind.
-    envoy = harness.Envoy(work, upstream_port=echo.port, auth_port=keys.port,
-                          config=row.config or R.hokusai_config(False), concurrency=1, log_level="warning",
-                          template=R.render_template(row.filter, work), extra_vars=extra, name=f"cg-{row.name}",
-                          filter="native" if row.native else "wasm", native=native, listen_port=port)
+    envoy = harness.Envoy(work, options, name=f"cg-{row.name}")
     config = envoy.config_path
     envoy.stop()
     out = work / f"callgrind-{row.name}.out"

@@ -17,13 +17,11 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import harness  # noqa: E402
+from hokusai_testkit import harness
 
 RANDOM_KEYS_LUA = r"""
 math.randomseed(os.time())
@@ -78,8 +76,8 @@ def flood(args, work):
     keysvc = harness.StandIn("keys", work)
     echo = harness.StandIn("echo", work)
     cfg = harness.plugin_config(cache={"slots": 4096, "negative_ttl_seconds": 10})
-    e = harness.Envoy(work, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, concurrency=2,
-                      log_level="warn", auth_limits=(64, 64, 256))
+    e = harness.Envoy(work, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg,
+                                                 concurrency=2, log_level="warn", auth_limits=(64, 64, 256)))
     try:
         script = work / "random.lua"
         script.write_text(RANDOM_KEYS_LUA)
@@ -116,8 +114,8 @@ def soak(args, work):
     keysvc = harness.StandIn("keys", work)
     echo = harness.StandIn("echo", work)
     cfg = harness.plugin_config(cache={"ttl_seconds": 5, "negative_ttl_seconds": 2})
-    e = harness.Envoy(work, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, concurrency=2,
-                      log_level="warn")
+    e = harness.Envoy(work, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg,
+                                                 concurrency=2, log_level="warn"))
     stop = threading.Event()
     flaps = []
 

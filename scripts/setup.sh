@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs and builds everything the stack, the tests and the benchmarks need:
 # the wasm32-wasip1 target, the project's virtualenv (.venv) with the pinned
-# Envoy, MLflow and Playwright and the verifier (verify/), Debian's Chromium
-# (the browser tests), the filter in both builds (.wasm, made smaller by
-# binaryen's wasm-opt, and the native .so for the Envoy the tests use) and
-# the stand-in. Idempotent.
+# Envoy, MLflow and Playwright, the verifier (verify/) and the test and bench
+# tooling (testkit/), Debian's Chromium (the browser tests), the filter in
+# both builds (.wasm, made smaller by binaryen's wasm-opt, and the native .so
+# for the Envoy the tests use) and the stand-in. Idempotent.
 #
 #   scripts/setup.sh            # what the stack and the tests need
 #   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
@@ -54,6 +54,14 @@ vwant=$(sha256sum verify/pyproject.toml | cut -d' ' -f1)
 if [ ! -x .venv/bin/hokusai-verify ] || [ "$(cat "$vstamp" 2>/dev/null)" != "$vwant" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./verify
   echo "$vwant" > "$vstamp"
+fi
+# The shared tooling of the tests, the benchmarks and the local stack
+# (testkit/), editable: it finds the repository from where its source is.
+tstamp=.venv/.testkit.sha
+twant=$(sha256sum testkit/pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ] || ! .venv/bin/python -c 'import hokusai_testkit' 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./testkit
+  echo "$twant" > "$tstamp"
 fi
 apt_install chromium redis-server binaryen
 if [ $bench = 1 ]; then

@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import harness  # noqa: E402
-from local_stack import LocalStack, Switches  # noqa: E402
+from hokusai_testkit import harness
+from hokusai_testkit.local_stack import LocalStack, Switches
 
 
 def parse_args():

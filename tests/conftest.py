@@ -1,13 +1,9 @@
 import secrets
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness  # noqa: E402
+from hokusai_testkit import harness
 
 
 @pytest.fixture(scope="session")
@@ -68,20 +64,24 @@ def normal_mode(keysvc):
 @pytest.fixture(scope="module")
 def gw(workdir, echo, keysvc):
     """Envoy with the local plugin config in front of the echo upstream."""
-    e = harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, name=f"envoy-gw-{id(object())}")
+    e = harness.Envoy(workdir, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port),
+                      name=f"envoy-gw-{id(object())}")
     yield e
     e.stop()
 
 
 @pytest.fixture
 def start_envoy(workdir, echo, keysvc):
-    """Starts Envoy with the filter in front of the echo upstream."""
+    """Starts Envoy with the filter in front of the echo upstream; keyword
+    arguments are harness.EnvoyOptions fields (the ports default to the
+    echo upstream's and the key service's)."""
     started = []
 
-    def start(config=None, **kw):
-        kw.setdefault("upstream_port", echo.port)
-        kw.setdefault("auth_port", keysvc.port)
-        e = harness.Envoy(workdir, config=config, name=f"envoy-{len(started)}-{id(object())}", **kw)
+    def start(config=None, **options):
+        options.setdefault("upstream_port", echo.port)
+        options.setdefault("auth_port", keysvc.port)
+        e = harness.Envoy(workdir, harness.EnvoyOptions(config=config, **options),
+                          name=f"envoy-{len(started)}-{id(object())}")
         started.append(e)
         return e
 

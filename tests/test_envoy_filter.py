@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
 pytestmark = pytest.mark.usefixtures("normal_mode")
 
@@ -281,7 +281,8 @@ def test_older_body_form_sends_the_key_in_the_body(start_envoy, keys, keysvc):
 def test_bad_config_is_rejected_at_load_naming_the_field(workdir, echo, keysvc):
     cfg = harness.plugin_config(cache={"slots": 1})
     with pytest.raises(RuntimeError) as info:
-        harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, name="envoy-badcfg")
+        harness.Envoy(workdir, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg),
+                      name="envoy-badcfg")
     assert "configuration rejected: cache.slots" in str(info.value)
 
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
 API = "/api/mlflow/api/2.0/mlflow/experiments/search"
 # Every request is bounded: a request that waits on a dead service longer

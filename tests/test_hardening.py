@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
 pytestmark = pytest.mark.usefixtures("normal_mode")
 

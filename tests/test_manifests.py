@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-import harness
+from hokusai_testkit import harness
 
 ROOT = harness.ROOT
 CRDS = ROOT.parent / "shared" / "crds"

@@ -6,7 +6,7 @@ import uuid
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
 @pytest.fixture(scope="module")
 def stack(workdir, keysvc):

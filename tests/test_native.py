@@ -8,7 +8,7 @@ import concurrent.futures as cf
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
 pytestmark = pytest.mark.usefixtures("normal_mode")
 
@@ -65,7 +65,7 @@ def test_the_plugin_json_may_come_as_a_struct_as_envoy_gateway_sends_it(start_en
 def test_the_global_rate_limit_is_refused_at_load_naming_the_field(workdir, echo, keysvc):
     cfg = harness.plugin_config(rate_limit={"mode": "global", "cluster": "hokusai_ratelimit"})
     with pytest.raises(RuntimeError) as info:
-        harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg,
-                      name="envoy-native-global", filter="native")
+        harness.Envoy(workdir, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg,
+                                                    filter="native"), name="envoy-native-global")
     assert 'configuration rejected: rate_limit.mode: "global"' in str(info.value)
     assert "needs the wasm build" in str(info.value)

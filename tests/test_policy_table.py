@@ -1,4 +1,4 @@
-"""Every endpoint of the policy table (src/endpoints.txt) through the real
+"""Every endpoint of the policy table (src/request/endpoints.txt) through the real
 filter: a read-only key reaches the upstream exactly on `read` endpoints and
 gets the filter's 403 everywhere else; a read-write key is refused only on
 `admin` endpoints; an admin key everywhere passes."""
@@ -6,9 +6,9 @@ gets the filter's 403 everywhere else; a read-write key is refused only on
 import pytest
 import requests
 
-import harness
+from hokusai_testkit import harness
 
-TABLE = harness.ROOT / "src/endpoints.txt"
+TABLE = harness.ROOT / "src/request/endpoints.txt"
 
 
 def endpoints():
@@ -27,7 +27,8 @@ def endpoints():
 @pytest.fixture(scope="module")
 def gw(workdir, echo, keysvc):
     cfg = harness.plugin_config(rate_limit={"enabled": False})
-    e = harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, name="envoy-policy")
+    e = harness.Envoy(workdir, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg),
+                      name="envoy-policy")
     yield e
     e.stop()
 

@@ -14,7 +14,7 @@ import requests
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
-import harness
+from hokusai_testkit import harness
 
 pytestmark = pytest.mark.usefixtures("normal_mode")
 
@@ -187,7 +187,8 @@ def test_envoys_per_route_switch_skips_the_filter_entirely(start_envoy, workdir,
 def test_a_bad_rule_is_rejected_at_load_naming_the_field(workdir, echo, keysvc):
     cfg = with_routes([{"match": {"host": "a.example"}}, {"match": {"path_prefix": "/x"}, "scopes": {"write": [""]}}])
     with pytest.raises(RuntimeError) as info:
-        harness.Envoy(workdir, upstream_port=echo.port, auth_port=keysvc.port, config=cfg, name="envoy-badrule")
+        harness.Envoy(workdir, harness.EnvoyOptions(upstream_port=echo.port, auth_port=keysvc.port, config=cfg),
+                      name="envoy-badrule")
     assert "configuration rejected: routes[1].scopes.write" in str(info.value)
 
 

@@ -1,6 +1,6 @@
 """The verifier (scripts/verify.sh, verify/) against the local stack: healthy,
 every step passes and nothing it made is left in MLflow; and broken one layer
-at a time (tests/local_stack.py's switches), the diagnosis names the cause.
+at a time (hokusai_testkit.local_stack's switches), the diagnosis names the cause.
 The verifier runs as users run it: its own process, the key in
 MLFLOW_TRACKING_TOKEN."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import harness
-from local_stack import LocalStack, Switches
+from hokusai_testkit import harness
+from hokusai_testkit.local_stack import LocalStack, Switches
 
 VERIFY = Path(sys.executable).parent / "hokusai-verify"
 

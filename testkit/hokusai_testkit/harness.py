@@ -1,8 +1,8 @@
 """Starts the real parts on loopback: Envoy with the built .wasm, the
 key-service stand-in, the echo upstream and an MLflow server.
 
-Used by the integration and end-to-end tests, scripts/stack.py and the
-benchmarks. Every wait is bounded; every process is stopped on close.
+Used by the integration and end-to-end tests, scripts/stack.py, scripts/flood.py
+and the benchmarks. Every wait is bounded; every process is stopped on close.
 """
 
 from __future__ import annotations
@@ -19,14 +19,22 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+import yaml
+
+# The repository: the package is installed editable (scripts/setup.sh), so
+# this file stays at <repo>/testkit/hokusai_testkit/harness.py.
+ROOT = Path(__file__).resolve().parents[2]
+if not (ROOT / "envoy-config/local.yaml").exists():
+    raise ImportError(f"hokusai_testkit runs from the repository: pip install -e testkit (not found: {ROOT})")
 WASM = Path(os.environ.get("HOKUSAI_WASM", ROOT / "target/wasm32-wasip1/release/hokusai_mlflow_auth.wasm"))
 STANDIN = Path(os.environ.get("HOKUSAI_STANDIN", ROOT / "target/release/hokusai-standin"))
 ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
 # Which build Envoy loads: "wasm" (the .wasm in Envoy's V8) or "native" (the
-# dynamic module). tests/test.sh runs the Envoy-level suite once per build.
+# dynamic module). scripts/test.sh runs the Envoy-level suite once per build.
 FILTER = os.environ.get("HOKUSAI_FILTER", "wasm")
 NATIVE = Path(os.environ.get("HOKUSAI_NATIVE", ROOT / "target/native/libhokusai_mlflow_auth_native.so"))
 NATIVE_MODULE = "hokusai_mlflow_auth_native"
@@ -277,69 +285,103 @@ def plugin_config(**overrides) -> dict:
     return cfg
 
 
+@dataclass
+class EnvoyOptions:
+    """How an Envoy is started: the upstream and the key service it talks to,
+    and whatever differs from the local stack's defaults."""
+
+    upstream_port: int
+    auth_port: int
+    config: dict | None = None  # the plugin JSON; None: envoy-config/plugin-config.json
+    upstream_authority: str | None = None  # the upstream's Host; None: 127.0.0.1:<upstream_port>
+    concurrency: int = 2
+    log_level: str = "info"
+    template: Path = ENVOY_TEMPLATE  # the bootstrap, with $NAME placeholders
+    extra_vars: dict = field(default_factory=dict)  # more (or other) placeholder values
+    auth_limits: tuple[int, int, int] = (64, 64, 256)  # the key service's connections, pending, requests
+    listen_port: int = 0  # 0: any free port
+    extra_args: list[str] = field(default_factory=list)  # more Envoy command-line arguments
+    edit: Callable[[dict], None] | None = None  # changes the parsed bootstrap (local_stack.py)
+    ratelimit_port: int | None = None  # the rate limit service; None: a port nothing listens on
+    filter: str = FILTER  # "wasm" or "native"
+    struct_config: bool = False  # native: the plugin JSON as a google.protobuf.Struct
+    native: Path = NATIVE  # the native build's lib<name>.so
+
+
+def checked_module(o: EnvoyOptions) -> str:
+    """The build Envoy will load exists; the dynamic module's name."""
+    if o.filter not in ("wasm", "native"):
+        raise RuntimeError(f"HOKUSAI_FILTER={o.filter!r}: wasm or native")
+    if o.filter == "wasm" and not WASM.exists():
+        raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
+    # Envoy finds a module by its name, the file lib<name>.so.
+    module = o.native.name.removeprefix("lib").removesuffix(".so")
+    if o.filter == "native" and o.native.name != f"lib{module}.so":
+        raise RuntimeError(f"{o.native}: a dynamic module is a file lib<name>.so")
+    if o.filter == "native" and not o.native.exists():
+        raise RuntimeError(f"{o.native} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
+    return module
+
+
+def bootstrap(o: EnvoyOptions, module: str) -> str:
+    """The template with its placeholders filled, edited as the options ask."""
+    cfg = plugin_config() if o.config is None else o.config
+    values = {
+        "LISTEN_PORT": o.listen_port,
+        "UPSTREAM_PORT": o.upstream_port,
+        "AUTH_PORT": o.auth_port,
+        "MLFLOW_AUTHORITY": o.upstream_authority or f"127.0.0.1:{o.upstream_port}",
+        "WASM": str(WASM),
+        # A JSON string is a valid YAML double-quoted scalar.
+        "PLUGIN_CONFIG": json.dumps(json.dumps(cfg)),
+        "AUTH_MAX_CONNECTIONS": o.auth_limits[0],
+        "AUTH_MAX_PENDING": o.auth_limits[1],
+        "AUTH_MAX_REQUESTS": o.auth_limits[2],
+        # Nothing listens there unless a test starts a rate limit service.
+        "RATELIMIT_PORT": o.ratelimit_port or free_port(),
+        **o.extra_vars,
+    }
+    rendered = string.Template(o.template.read_text()).substitute(values)
+    if o.edit is None and o.filter != "native":
+        return rendered
+    # A change to the bootstrap's structure.
+    boot = yaml.safe_load(rendered)
+    if o.edit is not None:
+        o.edit(boot)
+    if o.filter == "native":
+        as_native(boot, o.struct_config, module)
+    return yaml.safe_dump(boot, sort_keys=False)
+
+
 class Envoy:
-    """A real Envoy running envoy-config/local.yaml with the built filter."""
+    """A real Envoy running envoy-config/local.yaml (or the options' template)
+    with the built filter."""
 
     _next_base_id = 1000 + os.getpid() % 10000
 
-    def __init__(self, workdir: Path, upstream_port: int, auth_port: int, config: dict | None = None,
-                 upstream_authority: str | None = None, concurrency: int = 2, log_level: str = "info",
-                 template: Path = ENVOY_TEMPLATE, extra_vars: dict | None = None, name: str = "envoy",
-                 auth_limits: tuple[int, int, int] = (64, 64, 256), listen_port: int = 0,
-                 extra_args: list[str] | None = None, edit=None, ratelimit_port: int | None = None,
-                 filter: str = FILTER, struct_config: bool = False, native: Path = NATIVE):
-        if filter not in ("wasm", "native"):
-            raise RuntimeError(f"HOKUSAI_FILTER={filter!r}: wasm or native")
-        self.filter = filter
-        if filter == "wasm" and not WASM.exists():
-            raise RuntimeError(f"{WASM} is missing: run `cargo build --release --target wasm32-wasip1`")
-        # Envoy finds a module by its name, the file lib<name>.so.
-        module = native.name.removeprefix("lib").removesuffix(".so")
-        if filter == "native" and native.name != f"lib{module}.so":
-            raise RuntimeError(f"{native}: a dynamic module is a file lib<name>.so")
-        if filter == "native" and not native.exists():
-            raise RuntimeError(f"{native} is missing: run `cargo build --profile native -p hokusai-mlflow-auth-native`")
+    def __init__(self, workdir: Path, options: EnvoyOptions, name: str = "envoy"):
+        self.options = options
+        self.filter = options.filter
+        module = checked_module(options)
         binary = envoy_binary()
         if not binary.exists():
             raise RuntimeError(f"no Envoy binary at {binary}: run scripts/setup.sh")
-        cfg = plugin_config() if config is None else config
-        values = {
-            "LISTEN_PORT": listen_port,
-            "UPSTREAM_PORT": upstream_port,
-            "AUTH_PORT": auth_port,
-            "MLFLOW_AUTHORITY": upstream_authority or f"127.0.0.1:{upstream_port}",
-            "WASM": str(WASM),
-            # A JSON string is a valid YAML double-quoted scalar.
-            "PLUGIN_CONFIG": json.dumps(json.dumps(cfg)),
-            "AUTH_MAX_CONNECTIONS": auth_limits[0],
-            "AUTH_MAX_PENDING": auth_limits[1],
-            "AUTH_MAX_REQUESTS": auth_limits[2],
-            # Nothing listens there unless a test starts a rate limit service.
-            "RATELIMIT_PORT": ratelimit_port or free_port(),
-            **(extra_vars or {}),
-        }
-        rendered = string.Template(template.read_text()).substitute(values)
-        if edit is not None or filter == "native":
-            # A change to the bootstrap's structure (tests/local_stack.py).
-            import yaml
-
-            boot = yaml.safe_load(rendered)
-            if edit is not None:
-                edit(boot)
-            if filter == "native":
-                as_native(boot, struct_config, module)
-            rendered = yaml.safe_dump(boot, sort_keys=False)
         self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(rendered)
+        self.config_path.write_text(bootstrap(options, module))
         self.admin_path = workdir / f"{name}.admin"
         self.admin_path.unlink(missing_ok=True)
         Envoy._next_base_id += 1
         self.proc = Proc(name, [
-            str(binary), "-c", str(self.config_path), "--concurrency", str(concurrency),
+            str(binary), "-c", str(self.config_path), "--concurrency", str(options.concurrency),
             "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
-            "-l", log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *(extra_args or []),
-        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(native.parent)})
+            "-l", options.log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *options.extra_args,
+        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(options.native.parent)})
         self.log_path = self.proc.log_path
+        self._wait_ready()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _wait_ready(self):
+        """Admin up, LIVE, the gateway listener bound; else stopped, with the log's tail."""
         try:
             admin = wait_until("Envoy admin address", self._admin_address, timeout=60)
             self.admin = f"http://{admin}"
@@ -349,7 +391,6 @@ class Envoy:
             tail = self.log_path.read_text(errors="replace")[-4000:]
             self.stop()
             raise RuntimeError(f"Envoy failed to start:\n{tail}")
-        self.url = f"http://127.0.0.1:{self.port}"
 
     def _admin_address(self):
         if not self.proc.alive():
@@ -447,7 +488,7 @@ class MlflowServer:
         self.proc.stop()
 
 
-SCENARIOS = ROOT / "tests/mlflow_scenarios.py"
+SCENARIOS = "hokusai_testkit.mlflow_scenarios"  # run with python -m
 
 
 @contextlib.contextmanager
@@ -456,7 +497,7 @@ def mlflow_gateway(workdir: Path, name: str, auth_port: int):
     MLflow also when Envoy fails to start."""
     server = MlflowServer(workdir / f"mlflow-{name}")
     try:
-        gw = Envoy(workdir, upstream_port=server.port, auth_port=auth_port, name=f"envoy-{name}")
+        gw = Envoy(workdir, EnvoyOptions(upstream_port=server.port, auth_port=auth_port), name=f"envoy-{name}")
         try:
             yield gw
         finally:
@@ -466,7 +507,7 @@ def mlflow_gateway(workdir: Path, name: str, auth_port: int):
 
 
 def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, big_mib=0, timeout=600):
-    """A scenario of tests/mlflow_scenarios.py in a fresh interpreter configured
+    """A scenario of hokusai_testkit.mlflow_scenarios in a fresh interpreter configured
     only by MLflow's environment variables: its result and all it printed."""
     import uuid
 
@@ -479,7 +520,7 @@ def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, 
     if basic:
         env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = basic
     work = workdir("mlflow-client-")
-    p = subprocess.run([sys.executable, str(SCENARIOS), scenario, str(work)], env=env, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", SCENARIOS, scenario, str(work)], env=env, capture_output=True,
                        text=True, timeout=timeout, cwd=work)
     assert p.returncode == 0, f"{scenario} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]

@@ -3,7 +3,7 @@ configuration is MLFLOW_TRACKING_URI and MLFLOW_TRACKING_TOKEN (or
 MLFLOW_TRACKING_USERNAME/PASSWORD). The unmodified MLflow client talks to the
 gateway; nothing here makes HTTP requests by hand.
 
-    python mlflow_scenarios.py <scenario> <workdir>
+    python -m hokusai_testkit.mlflow_scenarios <scenario> <workdir>
 
 Prints one JSON line with the results on success.
 """

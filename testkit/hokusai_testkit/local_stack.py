@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import harness
+from hokusai_testkit import harness
 
 # What MLflow (Flask) answers for a path it does not serve.
 NOT_FOUND_PAGE = "<!doctype html>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
@@ -133,10 +133,10 @@ class LocalStack:
     def start_envoy(self, workdir: Path, name: str, listen_port: int):
         upstream = self.mlflow.port if self.mlflow else harness.free_port()
         auth = harness.free_port() if self.s.auth_down else self.keysvc.port
-        envoy = self.own(harness.Envoy(workdir, upstream_port=upstream, auth_port=auth,
-                                       config=self.s.plugin_config(), listen_port=listen_port,
-                                       edit=gateway_edits(self.s, self.tls_files), name=f"{name}-envoy",
-                                       ratelimit_port=self.ratelimit_port))
+        options = harness.EnvoyOptions(upstream_port=upstream, auth_port=auth, config=self.s.plugin_config(),
+                                       listen_port=listen_port, edit=gateway_edits(self.s, self.tls_files),
+                                       ratelimit_port=self.ratelimit_port)
+        envoy = self.own(harness.Envoy(workdir, options, name=f"{name}-envoy"))
         scheme = "https" if self.tls_files else "http"
         self.envoys.append(envoy)
         self.urls.append(f"{scheme}://127.0.0.1:{envoy.port}")
