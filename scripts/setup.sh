@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs and builds everything the stack, the tests and the benchmarks need:
 # the wasm32-wasip1 target, the project's virtualenv (.venv) with the pinned
-# Envoy, MLflow and Playwright, the verifier (verify/) and the test and bench
-# tooling (testkit/), Debian's Chromium (the browser tests), the filter in
-# both builds (.wasm, made smaller by binaryen's wasm-opt, and the native .so
-# for the Envoy the tests use) and the stand-in. Idempotent.
+# Envoy, MLflow (with its auth app) and Playwright, the verifier (verify/),
+# the MLflow plugin (mlflow-plugin/) and the test and bench tooling
+# (testkit/), Debian's Chromium (the browser tests), the filter in both
+# builds (.wasm, made smaller by binaryen's wasm-opt, and the native .so for
+# the Envoy the tests use) and the stand-in. Idempotent.
 #
 #   scripts/setup.sh            # what the stack and the tests need
 #   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
@@ -62,6 +63,14 @@ twant=$(sha256sum testkit/pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$tstamp" 2>/dev/null)" != "$twant" ] || ! .venv/bin/python -c 'import hokusai_testkit' 2>/dev/null; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./testkit
   echo "$twant" > "$tstamp"
+fi
+# The MLflow plugin (mlflow-plugin/), editable: MLflow's auth app trusts the
+# filter's signed identity through it (`mlflow server --app-name hokusai-auth`).
+pstamp=.venv/.mlflow-plugin.sha
+pwant=$(sha256sum mlflow-plugin/pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$pstamp" 2>/dev/null)" != "$pwant" ] || ! .venv/bin/python -c 'import hokusai_mlflow_plugin' 2>/dev/null; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./mlflow-plugin
+  echo "$pwant" > "$pstamp"
 fi
 apt_install chromium redis-server binaryen
 if [ $bench = 1 ]; then

@@ -24,6 +24,8 @@ echo "== pytest (real Envoy $(.venv/bin/python -c 'import envoy, importlib.metad
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
 # Not again: test_fleet.py (the global rate limit, which the native build
 # refuses: test_native.py, native in both passes), test_manifests.py (no Envoy).
+echo "== pytest, the MLflow plugin against real MLflow servers with the auth app"
+.venv/bin/python -m pytest mlflow-plugin/tests -q -p no:cacheprovider
 echo "== pytest, native build (the same Envoy-level tests)"
 HOKUSAI_FILTER=native .venv/bin/python -m pytest -q -p no:cacheprovider "$@" \
   tests/test_envoy_filter.py tests/test_hardening.py tests/test_policy_table.py \
