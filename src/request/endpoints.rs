@@ -479,7 +479,13 @@ mod tests {
             write POST /api/2.0/mlflow-artifacts/mpu/abort/1/x
             # admin
             admin POST /api/2.0/mlflow/users/create
-            admin POST /api/3.0/mlflow/users/permissions/grant
+            admin PATCH /api/2.0/mlflow/users/update-admin
+            admin POST /api/3.0/mlflow/roles/create
+            # the auth app decides: a creator shares what it owns
+            write POST /api/3.0/mlflow/users/permissions/grant
+            write POST /api/3.0/mlflow/users/permissions/revoke
+            read GET /api/3.0/mlflow/users/permissions/list
+            read GET /api/3.0/mlflow/roles/list
             admin POST /api/3.0/mlflow/gateway/secrets/create
             read GET /api/3.0/mlflow/gateway/secrets/list
             admin POST /api/3.0/mlflow/workspaces
