@@ -1,4 +1,4 @@
-//! `rate_limit.mode: global`: the rate limit service counts a request after
+//! `rate_limit.mode: global`: the rate limit service is charged for a request after
 //! its key is accepted, one `ShouldRateLimit` call per request. A stream that
 //! led a key-service callout also asks for the streams that waited on it,
 //! from its own context (the only one the SDK will route the replies to), and
@@ -21,7 +21,7 @@ const MAX_REPLY_BYTES: usize = 4096;
 const OWNER_HASH_BYTES: usize = 8;
 
 impl ChargeCall {
-    /// Hands the reply (None: no answer) to the stream it counts.
+    /// Hands the reply (None: no answer) to the stream it charges.
     fn hand_reply<H: Host>(&self, host: &H, reply: Option<Vec<u8>>) {
         let Some(stream) = self.stream.upgrade() else {
             return;
@@ -36,7 +36,7 @@ impl ChargeCall {
 }
 
 impl Stream {
-    /// Asks the rate limit service to count this request, from this
+    /// Asks the rate limit service to charge this request, from this
     /// stream's context; if it cannot be asked, the failure mode decides.
     pub(super) fn charge_globally<H: Host>(
         &mut self,
@@ -62,7 +62,7 @@ impl Stream {
         }
     }
 
-    /// This stream is to be counted before it goes on.
+    /// This stream is to be charged before it goes on.
     pub(super) fn await_charge(&mut self, id: Rc<Identity>) {
         let default = self
             .worker
@@ -76,7 +76,7 @@ impl Stream {
     }
 
     /// Asks, from this (the current) context, for the waiters a callout's
-    /// verdict left to be counted.
+    /// verdict left to be charged.
     pub(super) fn charge_for_waiters<H: Host>(&mut self, host: &H, waiters: Vec<(u32, Waiter)>) {
         for (ctx, waiter) in waiters {
             let Some(stream) = waiter.upgrade() else {
@@ -113,7 +113,7 @@ impl Stream {
         self.worker.charges.borrow_mut().insert(token, call);
     }
 
-    /// Sends the `ShouldRateLimit` call counting this (Counting) stream, from
+    /// Sends the `ShouldRateLimit` call charging this (Charging) stream, from
     /// whichever context is current.
     fn send_charge<H: Host>(&self, host: &H) -> Option<u32> {
         let State::Charging { id, per_hour } = &self.state else {
@@ -140,7 +140,7 @@ impl Stream {
         token
     }
 
-    /// Whom the service counts: the `key_id`, else a short hash of the key.
+    /// Whom the service charges: the `key_id`, else a short hash of the key.
     fn owner(&self, id: &Identity) -> String {
         match (&id.key_id, &self.digest) {
             (Some(k), _) => k.clone(),
@@ -199,7 +199,7 @@ impl Stream {
         self.act_or_defer(host, outcome);
     }
 
-    /// The rate limit service did not count the request: the route's
+    /// The rate limit service did not charge the request: the route's
     /// `failure_mode` decides.
     pub(super) fn uncharged<H: Host>(&mut self, host: &H, id: Rc<Identity>) -> Outcome {
         let worker = Rc::clone(&self.worker);
@@ -227,20 +227,20 @@ impl Stream {
     }
 
     /// This context is going away: Envoy cancels its calls, so the streams
-    /// they counted get the failure mode's outcome now.
+    /// they charged get the failure mode's outcome now.
     pub(super) fn abandon_charges<H: Host>(&mut self, host: &H) {
         let me = self.id;
         let calls: Vec<ChargeCall> = {
-            let mut counts = self.worker.charges.borrow_mut();
-            if counts.is_empty() {
+            let mut charges = self.worker.charges.borrow_mut();
+            if charges.is_empty() {
                 return;
             }
-            let mine: Vec<u32> = counts
+            let mine: Vec<u32> = charges
                 .iter()
                 .filter(|(_, c)| c.owner == me)
                 .map(|(t, _)| *t)
                 .collect();
-            mine.iter().filter_map(|t| counts.remove(t)).collect()
+            mine.iter().filter_map(|t| charges.remove(t)).collect()
         };
         let others: Vec<&ChargeCall> = calls.iter().filter(|c| c.member != me).collect();
         for call in &others {

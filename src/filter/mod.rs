@@ -49,7 +49,7 @@ pub enum Flow {
 type Waiter = Weak<RefCell<Stream>>;
 
 /// A rate limit call in flight: the context that made it (and gets the
-/// reply) and the stream it counts.
+/// reply) and the stream it charges.
 pub struct ChargeCall {
     owner: u32,
     member: u32,
@@ -133,7 +133,7 @@ enum State {
         digest: Digest,
         stale: Option<Rc<Identity>>,
     },
-    /// Admitted but for the rate limit, which the rate limit service counts.
+    /// Admitted but for the rate limit, which the rate limit service charges.
     Charging {
         id: Rc<Identity>,
         per_hour: u64,
@@ -145,7 +145,7 @@ enum State {
 enum Decided {
     /// Decided here: forward with this identity, or refuse.
     Now(Outcome),
-    /// To be counted by the rate limit service first.
+    /// To be charged by the rate limit service first.
     Charge(Rc<Identity>),
 }
 
@@ -551,7 +551,7 @@ impl Stream {
     }
 
     /// What the verdict, the endpoint's scopes and the key's rate limit (if
-    /// counted here) say of the request.
+    /// charged here) say of the request.
     fn decide<H: Host>(
         &mut self,
         host: &H,
@@ -735,7 +735,7 @@ impl Stream {
 }
 
 /// Gives the streams that waited on a callout the verdict it brought. Those
-/// the rate limit service must count are returned, for the caller's context
+/// the rate limit service must charge are returned, for the caller's context
 /// to ask for them, when it can (`can_hold`); else they are treated as if
 /// the service had not answered.
 fn decide_for_waiters<H: Host>(
