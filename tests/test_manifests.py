@@ -1,6 +1,8 @@
 """The deployment artefacts: every manifest in deploy/ against its CRD's
 schema, the cross-references between manifests, the production Envoy
-bootstrap in a real Envoy's validate mode, and the OCI image script.
+bootstrap in a real Envoy's validate mode, the identity assertion's signing
+key reaching each proxy from a Secret (and no private key anywhere but in
+test fixtures), and the OCI image script.
 
 The CRDs come from ../shared/crds beside the repository (as in CI); if they
 are missing these tests fail, they do not skip."""
@@ -26,8 +28,19 @@ CRDS = ROOT.parent / "shared" / "crds"
 CRD_FILES = ["istio.yaml", "envoy-gateway-envoyextensionpolicies.yaml", "envoy-gateway-backends.yaml",
              "envoy-gateway-envoyproxies.yaml", "gateway-api-httproutes.yaml", "gateway-api-gateways.yaml"]
 # Kinds in deploy/ with no CRD in shared/crds, each with what checks it instead.
-UNVALIDATED = {("gateway.envoyproxy.io", "EnvoyPatchPolicy"): "its cluster runs through envoy --mode validate"}
+UNVALIDATED = {("gateway.envoyproxy.io", "EnvoyPatchPolicy"): "its cluster runs through envoy --mode validate",
+               # deploy/istio/gateway-signing-key-patch.yaml, a patch, not a whole Deployment
+               ("apps", "Deployment"): "test_the_signing_key_reaches_the_proxy_from_a_secret"}
 PROD_PLUGIN_CONFIG = ROOT / "envoy-config/production-plugin-config.json"
+# The environment variable every shipped config names for the identity
+# assertion's signing key.
+SIGNING_KEY_ENV = json.loads(PROD_PLUGIN_CONFIG.read_text())["identity_assertion"]["signing_key_env"]
+# TEST FIXTURE, not a deployment key: RFC 8032 section 7.1 test 1's published
+# secret key as PKCS#8 PEM, for Envoy's validate mode to load the configs with.
+TEST_SIGNING_KEY = """-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g
+-----END PRIVATE KEY-----
+"""
 
 
 def strict(schema):
@@ -224,10 +237,15 @@ def test_the_native_policy_loads_an_allowlisted_module_that_stays_loaded():
 
 # --- Envoy's validate mode ----------------------------------------------------
 
-def envoy_validate(config_path: Path) -> subprocess.CompletedProcess:
+def envoy_validate(config_path: Path, signing_key: bool = True) -> subprocess.CompletedProcess:
+    """Envoy's validate mode on a bootstrap, with the test signing key in
+    Envoy's environment (as a deployment puts the real one) or without it."""
     binary = harness.envoy_binary()
     assert binary.exists(), f"no Envoy at {binary}: run scripts/setup.sh"
     env = {**os.environ, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(harness.NATIVE.parent)}
+    env.pop(SIGNING_KEY_ENV, None)
+    if signing_key:
+        env[SIGNING_KEY_ENV] = TEST_SIGNING_KEY
     return subprocess.run([str(binary), "--mode", "validate", "-c", str(config_path), "-l", "warning"],
                           capture_output=True, text=True, timeout=120, env=env)
 
@@ -291,6 +309,18 @@ def test_the_native_production_bootstrap_passes_envoy_validate(tmp_path, tls_fil
     assert r.returncode != 0 and "service_id" in r.stderr, r.stdout + r.stderr
 
 
+def test_the_bootstraps_refuse_their_config_without_the_signing_key(tmp_path, tls_files):
+    """Both builds read the key from Envoy's environment at load: without it
+    Envoy refuses the configuration naming the field, never runs unsigned."""
+    cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
+    for name in ("production.yaml", "production-native.yaml"):
+        r = envoy_validate(render_production(tmp_path, tls_files, cfg, name), signing_key=False)
+        assert r.returncode != 0, name + r.stdout + r.stderr
+        assert f"identity_assertion.signing_key_env: the environment variable {SIGNING_KEY_ENV} is not set" \
+            in r.stderr, name + r.stderr
+        assert "BEGIN" not in r.stdout + r.stderr
+
+
 def test_the_native_production_bootstrap_is_the_wasm_one_but_for_the_filter(tmp_path, tls_files):
     cfg = json.loads(PROD_PLUGIN_CONFIG.read_text())
     wasm = yaml.safe_load(render_production(tmp_path, tls_files, cfg).read_text())
@@ -303,6 +333,96 @@ def test_bootstraps_define_the_cluster_their_plugin_config_names():
     local = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", (ROOT / "envoy-config/local.yaml").read_text()))
     names = {c["name"] for c in local["static_resources"]["clusters"]}
     assert json.loads(harness.PLUGIN_CONFIG.read_text())["auth"]["cluster"] in names
+
+
+# --- the identity assertion's signing key ------------------------------------
+
+def secret_env(container: dict) -> dict:
+    """A container's environment variables that come from a Secret: name -> secretKeyRef."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})}
+
+
+def test_the_signing_key_reaches_the_proxy_from_a_secret():
+    """Every shipped config names the same variable; each platform fills it
+    in the proxy's environment from one Secret and hands it to the filter by
+    name, so the key is never in a manifest, a plugin config or a config dump."""
+    refs = []
+    # Plain Envoy: the .wasm's VM gets the variable from Envoy's environment;
+    # the native build reads that environment itself.
+    prod = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", (ROOT / "envoy-config/production.yaml").read_text()))
+    (hf,) = [f for listener in prod["static_resources"]["listeners"] for chain in listener["filter_chains"]
+             for f in chain["filters"][0]["typed_config"]["http_filters"] if f["name"] == "hokusai_auth"]
+    vm = hf["typed_config"]["config"]["vm_config"]
+    assert vm["environment_variables"] == {"host_env_keys": [SIGNING_KEY_ENV]}  # no key_values: config dumps
+
+    # Istio: the gateway Deployment's istio-proxy container from the Secret,
+    # the WasmPlugin's VM from that container's environment (HOST, no value).
+    (patch,) = by_kind("Deployment")
+    (proxy,) = patch["spec"]["template"]["spec"]["containers"]
+    assert proxy["name"] == "istio-proxy"
+    refs.append(secret_env(proxy)[SIGNING_KEY_ENV])
+    for wp in by_kind("WasmPlugin"):
+        assert wp["metadata"]["namespace"] == patch["metadata"]["namespace"]
+        assert {"name": SIGNING_KEY_ENV, "valueFrom": "HOST"} in wp["spec"]["vmConfig"]["env"]
+        assert wp["spec"]["pluginConfig"]["identity_assertion"]["signing_key_env"] == SIGNING_KEY_ENV
+
+    # Envoy Gateway: the EnvoyProxy's container from the Secret; the .wasm's
+    # VM by hostKeys; the native module reads the process environment.
+    (gateway,) = by_kind("Gateway")
+    proxies = {p["metadata"]["name"]: p for p in by_kind("EnvoyProxy")}
+
+    def from_proxy(envoy_proxy):
+        assert envoy_proxy["metadata"]["namespace"] == gateway["metadata"]["namespace"]
+        container = envoy_proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]
+        return secret_env(container)[SIGNING_KEY_ENV]
+
+    ref = gateway["spec"]["infrastructure"]["parametersRef"]
+    assert (ref["group"], ref["kind"]) == ("gateway.envoyproxy.io", "EnvoyProxy")
+    for eep in by_kind("EnvoyExtensionPolicy"):
+        for w in eep["spec"].get("wasm", []):
+            assert w["env"]["hostKeys"] == [SIGNING_KEY_ENV]
+            assert w["config"]["identity_assertion"]["signing_key_env"] == SIGNING_KEY_ENV
+            refs.append(from_proxy(proxies[ref["name"]]))
+        for m in eep["spec"].get("dynamicModule", []):
+            (native,) = [p for p in proxies.values()
+                         if m["name"] in {d["name"] for d in p["spec"].get("dynamicModules", [])}]
+            assert m["config"]["identity_assertion"]["signing_key_env"] == SIGNING_KEY_ENV
+            refs.append(from_proxy(native))
+    assert len(refs) == 3, refs  # Istio, Envoy Gateway's .wasm and its native build
+    for r in refs:
+        # One Secret everywhere (its namespace is the proxies'); a missing one
+        # stops the pod rather than starting a proxy that refuses its config.
+        assert r == {"name": "hokusai-identity-signing-key", "key": "signing-key.pem", "optional": False}, r
+
+
+# A PEM private key: the BEGIN line and a base64 body (in a file, or in a
+# string with \n escapes).
+PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:\\[rn]|[\s\"'+])*[A-Za-z0-9+/]{40}")
+
+
+def test_no_private_key_outside_test_fixtures():
+    """A private key in the repository is only ever a test fixture: in a
+    tests/ or testkit/ folder, or in a Rust file's #[cfg(test)] part. Shipped
+    files (manifests, bootstraps, plugin configs, docs) hold none."""
+    assert PRIVATE_KEY_BLOCK.search(TEST_SIGNING_KEY) and PRIVATE_KEY_BLOCK.search(json.dumps(TEST_SIGNING_KEY))
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            check=True, capture_output=True, timeout=60).stdout.decode().split("\0")
+    files = [f for f in listed if f]
+    assert "envoy-config/production-plugin-config.json" in files
+    found = []
+    for rel in files:
+        if {"tests", "testkit"} & set(Path(rel).parts[:-1]):
+            continue
+        try:
+            text = (ROOT / rel).read_text()
+        except (OSError, UnicodeDecodeError):  # deleted in the work tree, or binary
+            continue
+        test_part = text.find("#[cfg(test)]") if rel.endswith(".rs") else -1
+        for m in PRIVATE_KEY_BLOCK.finditer(text):
+            if not 0 <= test_part < m.start():
+                found.append(f"{rel}:{text.count(chr(10), 0, m.start()) + 1}")
+    assert not found, f"private key material outside test fixtures: {found}"
 
 
 def patch_clusters() -> dict:
