@@ -20,7 +20,7 @@ use crate::outcome::denial::Denial;
 use crate::outcome::reply;
 use crate::outcome::whoami::Whoami;
 use crate::request::credential::{self, Credential, CredentialError, Presented};
-use crate::request::endpoints::{Class, EndpointTable};
+use crate::request::endpoints::{Class, EndpointTable, UnknownEndpoints};
 use crate::request::rewrite;
 use crate::request::scopes;
 use crate::tables::memo::Memo;
@@ -60,7 +60,8 @@ pub struct ChargeCall {
 pub struct Worker {
     pub cfg: Config,
     endpoints: EndpointTable,
-    classes: Memo<Class>,
+    classes: Memo<Option<Class>>,
+    unknown_endpoints: UnknownEndpoints,
     routes: RouteTable,
     /// Each policy's verdict namespace, at its `Config::policy_at` index.
     namespaces: Vec<Namespace>,
@@ -82,6 +83,7 @@ impl Worker {
         Ok(Self {
             endpoints: EndpointTable::builtin()?,
             classes: Memo::new(64),
+            unknown_endpoints: UnknownEndpoints::default(),
             routes: RouteTable::new(selectors),
             namespaces: cfg.policies().map(|p| Namespace::of(&p.auth)).collect(),
             digests: KeyDigests::new(cfg.cache.slots as usize),
@@ -272,9 +274,7 @@ impl Stream {
         self.class = if self.whoami {
             Class::Read
         } else {
-            worker.classes.get_or(&[request.method, mlflow_path], || {
-                worker.endpoints.classify(request.method, mlflow_path)
-            })
+            self.endpoint_class(host, request.method, mlflow_path)
         };
         match credential::extract(&request.presented, policy) {
             Ok(credential) => self.find_verdict(host, &credential, request.forwarded_for),
@@ -342,6 +342,20 @@ impl Stream {
         self.decided(verdict);
         host.count(counter);
         Flow::Continue
+    }
+
+    /// The class the endpoint table gives the request; an endpoint it does
+    /// not know is a write, counted and logged (once per worker).
+    fn endpoint_class<H: Host>(&self, host: &H, method: &str, path: &str) -> Class {
+        let worker = &self.worker;
+        let found = worker
+            .classes
+            .get_or(&[method, path], || worker.endpoints.find(method, path));
+        found.unwrap_or_else(|| {
+            host.count(Counter::UnknownEndpoint);
+            worker.unknown_endpoints.note(method, path);
+            Class::Write
+        })
     }
 
     /// The cache, else the callout another request has in flight for the

@@ -28,6 +28,7 @@ counters! {
     Anonymous => "anonymous",
     Allowed => "allowed",
     Whoami => "whoami",
+    UnknownEndpoint => "endpoint.unknown",
     DeniedBadRequest => "denied.bad_request",
     DeniedUnauthenticated => "denied.unauthenticated",
     DeniedInvalidKey => "denied.invalid_key",

@@ -14,6 +14,8 @@
 //!   line is classified like `GET` (Flask serves HEAD with the GET view);
 //! - the first matching line in file order wins; no match is [`Class::Write`].
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::hash::Hasher;
 
 /// What an MLflow endpoint does, for authorization.
@@ -333,18 +335,22 @@ impl EndpointTable {
 
     /// `path` is the MLflow path after the mount prefix was stripped, without query,
     /// already normalized (no `//`, no dot segments), e.g. "/api/2.0/mlflow/runs/search"
-    /// or "/ajax-api/2.0/mlflow/runs/search". Unknown endpoints → Class::Write.
-    /// Must not allocate; must not panic on any input.
+    /// or "/ajax-api/2.0/mlflow/runs/search". None: no line matches (the filter
+    /// treats the endpoint as a write). Must not allocate; must not panic on any input.
+    pub fn find(&self, method: &str, path: &str) -> Option<Class> {
+        self.lookup(method, path).or_else(|| {
+            if method == "HEAD" {
+                self.lookup("GET", path)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// `find`, an unknown endpoint a write.
+    #[cfg(test)]
     pub fn classify(&self, method: &str, path: &str) -> Class {
-        self.lookup(method, path)
-            .or_else(|| {
-                if method == "HEAD" {
-                    self.lookup("GET", path)
-                } else {
-                    None
-                }
-            })
-            .unwrap_or(Class::Write)
+        self.find(method, path).unwrap_or(Class::Write)
     }
 
     /// The class of the first matching line, `None` when no line matches.
@@ -386,6 +392,35 @@ impl EndpointTable {
             {
                 return Some(idx);
             }
+        }
+    }
+}
+
+/// The unknown endpoints a worker has logged: each once (a newer MLflow
+/// shows in the log before users meet its 403s), at most `MAX_LOGGED`.
+#[derive(Default)]
+pub struct UnknownEndpoints {
+    logged: RefCell<HashSet<u64>>,
+}
+
+const MAX_LOGGED: usize = 256;
+
+impl UnknownEndpoints {
+    /// Logs `method path` unless it was logged already or the list is full.
+    pub fn note(&self, method: &str, path: &str) {
+        let mut h = fnv::FnvHasher::default();
+        h.write(method.as_bytes());
+        h.write_u8(0);
+        h.write(path.as_bytes());
+        let Ok(mut logged) = self.logged.try_borrow_mut() else {
+            return;
+        };
+        if logged.len() < MAX_LOGGED && logged.insert(h.finish()) {
+            let shown: String = path.chars().take(200).collect();
+            log::warn!(
+                "hokusai-auth: unknown MLflow endpoint {method} {shown}: treated as a write \
+                 (a newer MLflow? src/request/endpoints.txt classes the known ones)"
+            );
         }
     }
 }

@@ -1492,3 +1492,33 @@ fn a_missing_or_malformed_signing_key_is_refused_naming_the_field() {
         "{in_rule}"
     );
 }
+
+#[test]
+fn an_unknown_endpoint_is_a_write_counted_each_time_and_logged_once() {
+    let rig = Rig::new("");
+    let unknown = "/api/mlflow/api/2.0/mlflow/brand-new/search";
+    for round in 1..=3 {
+        let (id, s, _) = rig.bearer(unknown);
+        if round == 1 {
+            rig.reply(id, &s, Some(200), RO);
+        }
+        assert_eq!(
+            rig.host.status(id),
+            Some(403),
+            "a read-only key may not write"
+        );
+        assert_eq!(rig.host.count_of(Counter::UnknownEndpoint), round);
+    }
+    let logged: Vec<String> = captured::lines()
+        .into_iter()
+        .filter(|l| l.contains("unknown MLflow endpoint POST /api/2.0/mlflow/brand-new/search"))
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let (_, _, flow) = rig.bearer(EXP_SEARCH);
+    assert_eq!(flow, Flow::Continue);
+    assert_eq!(
+        rig.host.count_of(Counter::UnknownEndpoint),
+        3,
+        "a known endpoint is not counted"
+    );
+}
