@@ -7,18 +7,14 @@
 # builds (.wasm, made smaller by binaryen's wasm-opt, and the native .so for
 # the Envoy the tests use) and the stand-in. Idempotent.
 #
-#   scripts/setup.sh            # what the stack and the tests need
-#   scripts/setup.sh --bench    # and the benchmark's load generator (wrk)
+#   scripts/setup.sh            # what the stack, the tests and the benchmarks need
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench=0
-for arg in "$@"; do
-  case "$arg" in
-    --bench) bench=1 ;;
-    *) echo "setup.sh: unknown argument $arg (known: --bench)" >&2; exit 2 ;;
-  esac
-done
+if [ $# -gt 0 ]; then
+  echo "setup.sh: takes no arguments" >&2
+  exit 2
+fi
 
 # Debian packages, installed when missing (as root), else the exact command.
 apt_install() {
@@ -72,10 +68,8 @@ if [ "$(cat "$pstamp" 2>/dev/null)" != "$pwant" ] || ! .venv/bin/python -c 'impo
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./mlflow-plugin
   echo "$pwant" > "$pstamp"
 fi
-apt_install chromium redis-server binaryen
-if [ $bench = 1 ]; then
-  apt_install wrk
-fi
+# wrk: the load of the config-change test and of the benchmark.
+apt_install chromium redis-server binaryen wrk
 
 # The commit the filter is built from, for its whoami reply.
 commit=$(git describe --always --dirty 2>/dev/null || echo dev)

@@ -21,8 +21,8 @@ NOOP_MODULE = NOOP_MODULE_TARGET_DIR / "release/libnoop_module.so"
 def build(args):
     if args.no_build:
         return
-    print("build: scripts/setup.sh --bench", flush=True)
-    subprocess.run(["bash", str(ROOT / "scripts/setup.sh"), "--bench"], cwd=ROOT, check=True, timeout=1800)
+    print("build: scripts/setup.sh", flush=True)
+    subprocess.run(["bash", str(ROOT / "scripts/setup.sh")], cwd=ROOT, check=True, timeout=1800)
     print("build: benches/noop-filter, benches/noop-module", flush=True)
     subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                     str(NOOP_MANIFEST), "--target-dir", str(NOOP_TARGET_DIR)],

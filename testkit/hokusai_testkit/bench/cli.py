@@ -128,7 +128,7 @@ def prepare(args) -> list[Row]:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
         raise Unready(f"build failed ({e}); fix it, or run with --no-build to time what is built")
     if not shutil.which("wrk"):
-        raise Unready("wrk is missing: run scripts/setup.sh --bench (it installs Debian's wrk)")
+        raise Unready("wrk is missing: run scripts/setup.sh (it installs Debian's wrk)")
     for p in (harness.WASM, NOOP_WASM, NOOP_MODULE, harness.NATIVE, harness.STANDIN):
         if not p.exists():
             raise Unready(f"{p} is missing: run without --no-build")
