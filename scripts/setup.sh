@@ -68,8 +68,9 @@ if [ "$(cat "$pstamp" 2>/dev/null)" != "$pwant" ] || ! .venv/bin/python -c 'impo
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./mlflow-plugin
   echo "$pwant" > "$pstamp"
 fi
-# wrk: the load of the config-change test and of the benchmark.
-apt_install chromium redis-server binaryen wrk
+# wrk: the load of the config-change test and of the benchmark; prometheus
+# (and its promtool): the monitoring rules' tests.
+apt_install chromium redis-server binaryen wrk prometheus
 
 # The commit the filter is built from, for its whoami reply.
 commit=$(git describe --always --dirty 2>/dev/null || echo dev)
