@@ -1,8 +1,9 @@
 """Runs the whole local stack on 127.0.0.1: the key-service stand-in with dev
-keys, a real MLflow server (sqlite, artifacts served by the server) and Envoy
-with the filter in front of it. Ctrl-C stops everything.
+keys, a real MLflow server (sqlite, artifacts served by the server; its auth
+app with the Hokusai plugin, so users own what they make) and Envoy with the
+filter in front of it, signing who calls. Ctrl-C stops everything.
 
-    scripts/stack.sh [--port 8080] [--data .stack] [--replicas 2 --global-rate-limit]
+    scripts/stack.sh [--port 8080] [--data .stack] [--replicas 2 --global-rate-limit] [--no-ownership]
 
 The --break-* switches each break one layer the way real deployments do
 (the verifier's tests use them; try scripts/verify.sh against each).
@@ -41,6 +42,8 @@ def parse_args():
                     "(default 1), sharing the key service and MLflow")
     ap.add_argument("--global-rate-limit", action="store_true", help="start Redis and the rate limit service and "
                     "count every key's hourly limit across the replicas (rate_limit.mode global)")
+    ap.add_argument("--no-ownership", action="store_true", help="MLflow without its auth app and the filter "
+                    "without the signed identity: every key's user may change anything")
     args = ap.parse_args()
     if not 1 <= args.replicas <= 8:
         ap.error("--replicas: 1 to 8")
@@ -53,14 +56,25 @@ def switches_from(args) -> Switches:
                     mlflow_allowed_hosts=args.mlflow_allowed_hosts, ajax_only=args.break_rest_api,
                     no_filter=args.break_no_filter, no_route=args.break_no_route,
                     auth_down=args.break_key_service, tls_names=listed(args.tls_names),
-                    replicas=args.replicas, global_rate_limit=args.global_rate_limit)
+                    replicas=args.replicas, global_rate_limit=args.global_rate_limit,
+                    ownership=not args.no_ownership)
 
 
 def dev_keys(data: Path) -> dict:
+    """data/dev-keys.json, made from the harness's dev keys; a file from an
+    older run gets the dev keys it lacks (by key_id), its own entries kept."""
     keys_file = data / "dev-keys.json"
-    if not keys_file.exists():
-        keys_file.write_text(json.dumps(harness.DEV_KEYS, indent=2) + "\n")
-    return json.loads(keys_file.read_text())
+    keys = json.loads(keys_file.read_text()) if keys_file.exists() else {"keys": []}
+    known = {k.get("key_id") for k in keys["keys"]}
+    missing = [k for k in harness.DEV_KEYS["keys"] if k["key_id"] not in known]
+    if missing:
+        keys["keys"] += missing
+        keys_file.write_text(json.dumps(keys, indent=2) + "\n")
+    return keys
+
+
+def key_of(keys: dict, key_id: str) -> str:
+    return next((k["key"] for k in keys["keys"] if k.get("key_id") == key_id), f"(no {key_id} in dev-keys.json)")
 
 
 def banner(stack: LocalStack, data: Path, keys: dict) -> str:
@@ -84,7 +98,7 @@ Prove it works end to end (add --write to also write and clean up):
 
 The MLflow UI in a browser: {url}/api/mlflow/ (or {url}/mlflow/).
 It asks for a user name and password: any user name, a dev key as the password.
-
+{ownership(stack, keys)}
 A second registry host, whose keys belong to service_id ml-platform:
 
     export MLFLOW_TRACKING_URI={url.replace("127.0.0.1", "staging.localhost")}/api/mlflow
@@ -97,8 +111,28 @@ Dev keys (stand-in only): read-write {rw}
                           read-only  {ro}
                           admin      {admin}
                           staging    {staging}
+                          alice      {key_of(keys, "k_alice")}  (read-write, user u_alice)
+                          bob        {key_of(keys, "k_bob")}  (read-write, user u_bob)
 Routes: envoy-config/plugin-config.json (the API, UI and staging rules).
 Ctrl-C stops everything."""
+
+
+def ownership(stack: LocalStack, keys: dict) -> str:
+    """Who may change whose work, as this stack runs: two users' exports."""
+    if stack.ownership is None:
+        return "\nOwnership off (--no-ownership): any write key may change or delete anything.\n"
+    return f"""
+Two users, each owning what they make (one shell each):
+
+    export MLFLOW_TRACKING_TOKEN={key_of(keys, "k_alice")}   # alice (user u_alice)
+    export MLFLOW_TRACKING_TOKEN={key_of(keys, "k_bob")}   # bob (user u_bob)
+
+Bob reads alice's experiments, runs and models (default_permission READ)
+but may not change or delete them (PERMISSION_DENIED) until she grants him
+EDIT; the admin key may do anything. MLflow's auth app trusts only the
+filter's signed identity (keys in {stack.ownership.keys.dir}): MLflow itself
+refuses what does not come through the gateway.
+"""
 
 
 def fleet(stack: LocalStack) -> str:

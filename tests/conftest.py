@@ -43,6 +43,11 @@ class Keys:
         self.keysvc.set_keys({"keys": self.entries})
         return key
 
+    def update(self, key: str, **fields):
+        """Changes a key's entry at the key service (e.g. is_admin)."""
+        self.entries = [{**e, **fields} if e["key"] == key else e for e in self.entries]
+        self.keysvc.set_keys({"keys": self.entries})
+
     def revoke(self, key: str):
         self.entries = [e for e in self.entries if e["key"] != key]
         self.keysvc.set_keys({"keys": self.entries})

@@ -1,5 +1,7 @@
 """End to end: the unmodified MLflow client, configured only by environment
-variables, against a real MLflow server behind Envoy and the filter."""
+variables, against a real MLflow server behind Envoy and the filter; MLflow
+runs its auth app with the Hokusai plugin, trusting the filter's signed
+identity, as deployed (who may change whose work: test_ownership.py)."""
 
 import uuid
 
@@ -8,9 +10,12 @@ import requests
 
 from hokusai_testkit import harness
 
+
 @pytest.fixture(scope="module")
 def stack(workdir, keysvc):
-    with harness.mlflow_gateway(workdir, f"e2e-{uuid.uuid4().hex[:6]}", keysvc.port) as gw:
+    name = f"e2e-{uuid.uuid4().hex[:6]}"
+    ownership = harness.Ownership.made_in(workdir / f"identity-{name}")
+    with harness.mlflow_gateway(workdir, name, keysvc.port, ownership) as gw:
         yield gw
 
 
@@ -71,3 +76,10 @@ def test_read_only_key_reads_but_cannot_write(stack):
 def test_health_reaches_mlflow_without_a_key(stack):
     r = requests.get(stack.url + "/api/mlflow/health/mlflow", timeout=10)
     assert r.status_code == 200 and r.text.strip() == "OK"
+
+
+def test_mlflow_behind_the_gateway_answers_nobody_but_the_gateway(stack):
+    """The sessions above passed MLflow's auth app: without the filter's
+    signed identity, MLflow itself refuses."""
+    r = requests.post(stack.mlflow.url + "/api/2.0/mlflow/experiments/search", json={"max_results": 1}, timeout=10)
+    assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHENTICATED", r.text

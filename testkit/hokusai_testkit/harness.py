@@ -1,5 +1,6 @@
 """Starts the real parts on loopback: Envoy with the built .wasm, the
-key-service stand-in, the echo upstream and an MLflow server.
+key-service stand-in, the echo upstream and an MLflow server (optionally
+with its auth app and the Hokusai plugin, the filter signing who calls).
 
 Used by the integration and end-to-end tests, scripts/stack.py, scripts/flood.py
 and the benchmarks. Every wait is bounded; every process is stopped on close.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -55,9 +57,14 @@ DEV_KEYS = {
          "rate_limit_per_hour": 100000, "nested": True},
         {"key": "hk_test_staging_devkey_0000000004", "user_id": "u_staging", "key_id": "k_staging",
          "service_id": "ml-platform", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000},
+        # Two users' write keys: with ownership on, each owns what they make.
+        {"key": "hk_test_alice_devkey_000000000005", "user_id": "u_alice", "key_id": "k_alice",
+         "service_id": "platform", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000},
+        {"key": "hk_test_bob_devkey_00000000000006", "user_id": "u_bob", "key_id": "k_bob",
+         "service_id": "platform", "scopes": ["mlflow:read", "mlflow:write"], "rate_limit_per_hour": 100000},
     ]
 }
-RW_KEY, RO_KEY, ADMIN_KEY, STAGING_KEY = (k["key"] for k in DEV_KEYS["keys"])
+RW_KEY, RO_KEY, ADMIN_KEY, STAGING_KEY, ALICE_KEY, BOB_KEY = (k["key"] for k in DEV_KEYS["keys"])
 
 
 def envoy_binary() -> Path:
@@ -285,6 +292,87 @@ def plugin_config(**overrides) -> dict:
     return cfg
 
 
+# --- who owns what: MLflow's auth app trusting the filter's signed identity ---
+
+SIGNING_KEY_ENV = "HOKUSAI_IDENTITY_SIGNING_KEY"  # the Envoy process's variable with the private key
+
+
+@dataclass(frozen=True)
+class IdentityKeys:
+    """A key pair made by the plugin's key tool: the filter signs with `pem`,
+    MLflow trusts `jwks`."""
+
+    dir: Path
+    kid: str = "gateway-1"
+
+    @property
+    def pem(self) -> Path:
+        return self.dir / f"{self.kid}.pem"
+
+    @property
+    def jwks(self) -> Path:
+        return self.dir / "jwks.json"
+
+    @classmethod
+    def ensure(cls, directory: Path, kid: str = "gateway-1") -> "IdentityKeys":
+        """The pair in `directory`, made there unless it already is (the
+        local stack keeps its pair between runs)."""
+        keys = cls(directory, kid)
+        if not keys.pem.exists():
+            # The tool prints paths only, never key material.
+            p = subprocess.run([sys.executable, "-m", "hokusai_mlflow_plugin.keys", "new", "--kid", kid,
+                                "--dir", str(directory)], capture_output=True, text=True, timeout=60)
+            if p.returncode != 0:
+                raise RuntimeError(f"the plugin's key tool failed: {p.stderr[-2000:]}")
+        return keys
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """MLflow's auth app with the Hokusai plugin (`--app-name hokusai-auth`):
+    it trusts the assertions `keys` sign; a user gets `default_permission`
+    (READ or NO_PERMISSIONS) on what is neither theirs nor granted."""
+
+    keys: IdentityKeys
+    default_permission: str = "READ"
+
+    @classmethod
+    def made_in(cls, directory: Path, default_permission: str = "READ") -> "Ownership":
+        return cls(IdentityKeys.ensure(directory), default_permission)
+
+    def signing(self) -> "Signing":
+        return Signing(self.keys)
+
+
+@dataclass(frozen=True)
+class Signing:
+    """The filter signs who calls (the plugin JSON's `identity_assertion`)
+    with the private key in the Envoy process's environment variable `env`:
+    the .wasm reads it through vm_config.environment_variables.host_env_keys
+    (as Istio's vmConfig.env with valueFrom: HOST), the native build from
+    the process environment."""
+
+    keys: IdentityKeys
+    env: str = SIGNING_KEY_ENV
+
+    def section(self) -> dict:
+        return {"signing_key_env": self.env, "kid": self.keys.kid}
+
+    def environment(self) -> dict[str, str]:
+        return {self.env: self.keys.pem.read_text()}
+
+
+def pass_host_env(boot: dict, names: list[str]) -> None:
+    """Lets the filter's Wasm VM read these variables of the Envoy process."""
+    for listener in boot["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for hf in f.get("typed_config", {}).get("http_filters", []):
+                    if hf["name"] == "hokusai_auth" and "config" in hf.get("typed_config", {}):
+                        env = hf["typed_config"]["config"]["vm_config"].setdefault("environment_variables", {})
+                        env["host_env_keys"] = sorted({*env.get("host_env_keys", []), *names})
+
+
 @dataclass
 class EnvoyOptions:
     """How an Envoy is started: the upstream and the key service it talks to,
@@ -306,6 +394,8 @@ class EnvoyOptions:
     filter: str = FILTER  # "wasm" or "native"
     struct_config: bool = False  # native: the plugin JSON as a google.protobuf.Struct
     native: Path = NATIVE  # the native build's lib<name>.so
+    env: dict = field(default_factory=dict)  # more environment for the Envoy process
+    signing: Signing | None = None  # the filter signs who calls (adds identity_assertion unless config has it)
 
 
 def checked_module(o: EnvoyOptions) -> str:
@@ -326,6 +416,8 @@ def checked_module(o: EnvoyOptions) -> str:
 def bootstrap(o: EnvoyOptions, module: str) -> str:
     """The template with its placeholders filled, edited as the options ask."""
     cfg = plugin_config() if o.config is None else o.config
+    if o.signing is not None and "identity_assertion" not in cfg:
+        cfg = {**cfg, "identity_assertion": o.signing.section()}
     values = {
         "LISTEN_PORT": o.listen_port,
         "UPSTREAM_PORT": o.upstream_port,
@@ -342,15 +434,22 @@ def bootstrap(o: EnvoyOptions, module: str) -> str:
         **o.extra_vars,
     }
     rendered = string.Template(o.template.read_text()).substitute(values)
-    if o.edit is None and o.filter != "native":
+    if o.edit is None and o.filter != "native" and o.signing is None:
         return rendered
     # A change to the bootstrap's structure.
     boot = yaml.safe_load(rendered)
     if o.edit is not None:
         o.edit(boot)
+    if o.signing is not None and o.filter == "wasm":
+        pass_host_env(boot, [o.signing.env])
     if o.filter == "native":
         as_native(boot, o.struct_config, module)
     return yaml.safe_dump(boot, sort_keys=False)
+
+
+def envoy_environment(o: EnvoyOptions) -> dict[str, str]:
+    signing = o.signing.environment() if o.signing is not None else {}
+    return {"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(o.native.parent), **o.env, **signing}
 
 
 class Envoy:
@@ -375,7 +474,7 @@ class Envoy:
             str(binary), "-c", str(self.config_path), "--concurrency", str(options.concurrency),
             "--base-id", str(Envoy._next_base_id), "--admin-address-path", str(self.admin_path),
             "-l", options.log_level, "--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v", *options.extra_args,
-        ], workdir, env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(options.native.parent)})
+        ], workdir, env=envoy_environment(options))
         self.log_path = self.proc.log_path
         self._wait_ready()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -454,22 +553,27 @@ class Envoy:
 
 
 class MlflowServer:
-    """A real MLflow tracking server: sqlite backend, artifacts served by it."""
+    """A real MLflow tracking server: sqlite backend, artifacts served by it;
+    with `ownership`, MLflow's auth app and the Hokusai plugin in front of it."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None,
+                 ownership: Ownership | None = None):
         self.port = port or free_port()
         data = workdir / "mlflow"
         data.mkdir(parents=True, exist_ok=True)
         self.data = data
+        self.ownership = ownership
         cmd = [
             sys.executable, "-m", "mlflow", "server",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
             "--artifacts-destination", str(data / "artifacts"),
             "--serve-artifacts", "--workers", "2",
+            *(["--app-name", "hokusai-auth"] if ownership else []),
             *(extra_args or []),
         ]
-        self.proc = Proc("mlflow", cmd, workdir, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **auth_app_environment(data, ownership)}
+        self.proc = Proc("mlflow", cmd, workdir, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
         try:
             wait_until("MLflow server", self._healthy, timeout=180, interval=0.5)
@@ -488,16 +592,39 @@ class MlflowServer:
         self.proc.stop()
 
 
+def auth_app_environment(data: Path, ownership: Ownership | None) -> dict[str, str]:
+    """What MLflow's auth app and the plugin read: the auth ini (users and
+    grants in data/auth.db), the gateway's public keys, a Flask secret."""
+    if ownership is None:
+        return {}
+    ini = data / "auth.ini"
+    # The bootstrap admin's password only creates that user; nobody logs in with it.
+    ini.write_text("[mlflow]\n"
+                   f"default_permission = {ownership.default_permission}\n"
+                   f"database_uri = sqlite:///{data / 'auth.db'}\n"
+                   "admin_username = admin\n"
+                   f"admin_password = {secrets.token_urlsafe(24)}\n"
+                   "authorization_function = hokusai_mlflow_plugin:authenticate\n")
+    ini.chmod(0o600)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "HOKUSAI_IDENTITY_JWKS": str(ownership.keys.jwks),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)}
+
+
 SCENARIOS = "hokusai_testkit.mlflow_scenarios"  # run with python -m
 
 
 @contextlib.contextmanager
-def mlflow_gateway(workdir: Path, name: str, auth_port: int):
-    """A real MLflow behind Envoy with the filter; both stopped on exit, and
-    MLflow also when Envoy fails to start."""
-    server = MlflowServer(workdir / f"mlflow-{name}")
+def mlflow_gateway(workdir: Path, name: str, auth_port: int, ownership: Ownership | None = None,
+                   config: dict | None = None):
+    """A real MLflow behind Envoy with the filter (with `ownership`: MLflow's
+    auth app and the filter signing who calls); both stopped on exit, and
+    MLflow also when Envoy fails to start. The gateway's `mlflow` is the server."""
+    server = MlflowServer(workdir / f"mlflow-{name}", ownership=ownership)
     try:
-        gw = Envoy(workdir, EnvoyOptions(upstream_port=server.port, auth_port=auth_port), name=f"envoy-{name}")
+        signing = ownership.signing() if ownership else None
+        gw = Envoy(workdir, EnvoyOptions(upstream_port=server.port, auth_port=auth_port, config=config,
+                                         signing=signing), name=f"envoy-{name}")
+        gw.mlflow = server
         try:
             yield gw
         finally:
@@ -506,13 +633,16 @@ def mlflow_gateway(workdir: Path, name: str, auth_port: int):
         server.stop()
 
 
-def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, big_mib=0, timeout=600):
+def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, big_mib=0, timeout=600,
+                      target: dict | None = None):
     """A scenario of hokusai_testkit.mlflow_scenarios in a fresh interpreter configured
-    only by MLflow's environment variables: its result and all it printed."""
+    only by MLflow's environment variables (and `target`, what another
+    user's scenario made, for the scenario to try on): its result and all it printed."""
     import uuid
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=tracking_uri, E2E_TAG=uuid.uuid4().hex[:8], E2E_BIG_MIB=str(big_mib),
+               E2E_TARGET=json.dumps(target or {}),
                # Keep failures fast: the client's default backoff retries 5xx for minutes.
                MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
     if token:

@@ -29,6 +29,7 @@ class Switches:
     tls_names: list[str] | None = None  # HTTPS, with a certificate for these names
     replicas: int = 1  # Envoy replicas, on consecutive ports
     global_rate_limit: bool = False  # Redis + the rate limit service, rate_limit.mode "global"
+    ownership: bool = True  # MLflow's auth app + the Hokusai plugin, the filter signing who calls
 
     def plugin_config(self) -> dict:
         cfg = harness.plugin_config()
@@ -88,7 +89,9 @@ def self_signed(workdir: Path, names: list[str]) -> tuple[Path, Path]:
 
 class LocalStack:
     """Starts what the switches leave standing; `mlflow` and `keysvc` may be
-    shared with other stacks. Stop it with stop()."""
+    shared with other stacks (a shared MLflow is used as it was started).
+    With ownership, the key pair the filter signs with and MLflow trusts is
+    made once in the MLflow data directory and kept. Stop it with stop()."""
 
     def __init__(self, workdir: Path, switches: Switches | None = None, name: str = "stack",
                  keysvc: harness.StandIn | None = None, mlflow: harness.MlflowServer | None = None,
@@ -97,7 +100,9 @@ class LocalStack:
         self.owned: list = []
         try:
             self.keysvc = keysvc or self.own(harness.StandIn("keys", workdir, name=f"{name}-keys"))
-            self.mlflow = self.mlflow_server(mlflow_dir or workdir / f"{name}-mlflow", mlflow)
+            data = mlflow_dir or workdir / f"{name}-mlflow"
+            self.ownership = harness.Ownership.made_in(data / "identity") if self.s.ownership else None
+            self.mlflow = self.mlflow_server(data, mlflow)
             self.ratelimit_port = self.rate_limit_service(workdir, name)
             # One certificate for every replica, so that one CA file fits them all.
             self.tls_files = self_signed(workdir, self.s.tls_names) if self.s.tls_names else None
@@ -120,7 +125,7 @@ class LocalStack:
         if shared is not None and not self.s.mlflow_allowed_hosts:
             return shared
         args = ["--allowed-hosts", self.s.mlflow_allowed_hosts] if self.s.mlflow_allowed_hosts else None
-        return self.own(harness.MlflowServer(data, extra_args=args))
+        return self.own(harness.MlflowServer(data, extra_args=args, ownership=self.ownership))
 
     def rate_limit_service(self, workdir: Path, name: str) -> int | None:
         """Redis and the rate limit service the replicas share (global mode)."""
@@ -135,7 +140,8 @@ class LocalStack:
         auth = harness.free_port() if self.s.auth_down else self.keysvc.port
         options = harness.EnvoyOptions(upstream_port=upstream, auth_port=auth, config=self.s.plugin_config(),
                                        listen_port=listen_port, edit=gateway_edits(self.s, self.tls_files),
-                                       ratelimit_port=self.ratelimit_port)
+                                       ratelimit_port=self.ratelimit_port,
+                                       signing=self.ownership.signing() if self.ownership else None)
         envoy = self.own(harness.Envoy(workdir, options, name=f"{name}-envoy"))
         scheme = "https" if self.tls_files else "http"
         self.envoys.append(envoy)

@@ -123,7 +123,103 @@ def ui_run(work: Path, tag: str, big_mib: int):
     return {"experiment": f"ui-{tag}", "run": f"ui-run-{tag}", "run_id": run.info.run_id}
 
 
-SCENARIOS = {"full": full, "read_only_write": read_only_write, "expect_error": expect_error, "ui_run": ui_run}
+# --- who owns what: one user's work, another user's attempts on it ---------
+
+
+def target() -> dict:
+    """What another user's scenario made (E2E_TARGET, set by run_mlflow_client)."""
+    return json.loads(os.environ.get("E2E_TARGET") or "{}")
+
+
+def owned_work(work: Path, tag: str, big_mib: int):
+    """An experiment, a run with a param, a registered model with a version
+    and an alias: all the caller's own."""
+    client = MlflowClient()
+    exp_name = f"owned-{tag}"
+    exp_id = mlflow.create_experiment(exp_name)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        mlflow.log_param("alpha", "0.5")
+    model = f"owned-model-{tag}"
+    client.create_registered_model(model)
+    version = client.create_model_version(model, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(model, "champion", version.version)
+    return {"experiment_id": exp_id, "experiment_name": exp_name, "run_id": run.info.run_id,
+            "artifact_uri": run.info.artifact_uri, "model": model, "version": version.version}
+
+
+def change_actions(t: dict, tag: str) -> dict:
+    """Every kind of change to another user's work, in an order in which the
+    owner's own run of them all succeeds (updates first, deletions last)."""
+    c = MlflowClient()
+    state = {"model": t["model"]}
+
+    def rename_model():
+        new_name = f"{t['model']}-renamed-{tag}"
+        c.rename_registered_model(state["model"], new_name)
+        state["model"] = new_name  # what the deletions after it name
+
+    return {
+        "log_param": lambda: c.log_param(t["run_id"], f"p-{tag}", "x"),
+        "log_metric": lambda: c.log_metric(t["run_id"], f"m-{tag}", 1.0),
+        "set_run_tag": lambda: c.set_tag(t["run_id"], f"t-{tag}", "x"),
+        "set_experiment_tag": lambda: c.set_experiment_tag(t["experiment_id"], f"t-{tag}", "x"),
+        "rename_experiment": lambda: c.rename_experiment(t["experiment_id"], f"{t['experiment_name']}-renamed-{tag}"),
+        "update_model": lambda: c.update_registered_model(state["model"], description=f"changed by {tag}"),
+        "update_version": lambda: c.update_model_version(state["model"], t["version"], description=f"by {tag}"),
+        "set_alias": lambda: c.set_registered_model_alias(state["model"], f"a-{tag}", t["version"]),
+        "create_version": lambda: c.create_model_version(state["model"], source=f"{t['artifact_uri']}/other",
+                                                         run_id=t["run_id"]),
+        "rename_model": rename_model,
+        "delete_version": lambda: c.delete_model_version(state["model"], t["version"]),
+        "delete_model": lambda: c.delete_registered_model(state["model"]),
+        "delete_run": lambda: c.delete_run(t["run_id"]),
+        "delete_experiment": lambda: c.delete_experiment(t["experiment_id"]),
+    }
+
+
+def try_changes(work: Path, tag: str, big_mib: int):
+    """Each change of change_actions (or those E2E_TARGET's `actions` name)
+    on the target: "ok", or the error the client shows."""
+    t = target()
+    out = {}
+    for name, action in change_actions(t, tag).items():
+        if t.get("actions") and name not in t["actions"]:
+            continue
+        try:
+            action()
+            out[name] = "ok"
+        except mlflow.exceptions.MlflowException as e:
+            out[name] = str(e)
+    return out
+
+
+def read_work(work: Path, tag: str, big_mib: int):
+    """The target as the caller can read it: each read's value or the error
+    the client shows, and whether searches list it."""
+    t, c = target(), MlflowClient()
+    reads = {
+        "experiment": lambda: c.get_experiment(t["experiment_id"]).name,
+        "run_params": lambda: c.get_run(t["run_id"]).data.params,
+        "run_tags": lambda: sorted(k for k in c.get_run(t["run_id"]).data.tags if not k.startswith("mlflow.")),
+        "model_description": lambda: c.get_registered_model(t["model"]).description or "",
+        # A search: it lists only what the caller may read.
+        "versions": lambda: sorted(v.version for v in c.search_model_versions(f"name = '{t['model']}'")),
+        "aliases": lambda: sorted(c.get_registered_model(t["model"]).aliases),
+        "champion": lambda: c.get_model_version_by_alias(t["model"], "champion").version,
+    }
+    out = {}
+    for name, read in reads.items():
+        try:
+            out[name] = read()
+        except mlflow.exceptions.MlflowException as e:
+            out[name] = {"error": str(e)}
+    out["experiment_listed"] = any(e.experiment_id == t["experiment_id"] for e in mlflow.search_experiments())
+    out["model_listed"] = any(m.name == t["model"] for m in c.search_registered_models())
+    return out
+
+
+SCENARIOS = {"full": full, "read_only_write": read_only_write, "expect_error": expect_error, "ui_run": ui_run,
+             "owned_work": owned_work, "try_changes": try_changes, "read_work": read_work}
 
 if __name__ == "__main__":
     scenario, work = sys.argv[1], Path(sys.argv[2])
