@@ -2,12 +2,15 @@
 every step passes and nothing it made is left in MLflow; and broken one layer
 at a time (hokusai_testkit.local_stack's switches), the diagnosis names the cause.
 The verifier runs as users run it: its own process, the key in
-MLFLOW_TRACKING_TOKEN."""
+MLFLOW_TRACKING_TOKEN. The stacks share one MLflow with its auth app and the
+Hokusai plugin, and sign with the key pair it trusts (kept in its data
+directory), unless a test asks otherwise."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,25 +48,41 @@ def failed(report: dict) -> dict[str, dict]:
     return {n: s for n, s in steps(report).items() if s["status"] == "FAIL"}
 
 
+MLFLOW_DIR = "verify-mlflow"  # the shared MLflow's data, and the key pair it trusts
+
+
 @pytest.fixture(scope="module")
 def mlflow(workdir):
-    server = harness.MlflowServer(workdir / "verify-mlflow")
+    data = workdir / MLFLOW_DIR
+    server = harness.MlflowServer(data, ownership=harness.Ownership.made_in(data / "identity"))
     yield server
     server.stop()
 
 
 @pytest.fixture
 def stack(workdir, keysvc, mlflow):
+    """A local stack with these switches. The shared MLflow, signed for with
+    the key pair it trusts (unless own_keys: the stack's own pair, which
+    MLflow does not know), when it fits: not for ownership=False (it runs
+    the auth app) nor for mlflow_allowed_hosts (the stack starts its own)."""
     started = []
 
-    def start(**switches):
-        s = LocalStack(workdir, Switches(**switches), name=f"verify-{len(started)}", keysvc=keysvc, mlflow=mlflow)
+    def start(own_keys=False, **switches):
+        sw = Switches(**switches)
+        shared = sw.ownership and not sw.mlflow_allowed_hosts
+        mlflow_dir = workdir / MLFLOW_DIR if shared and not own_keys else None
+        s = LocalStack(workdir, sw, name=f"verify-{len(started)}", keysvc=keysvc, mlflow=mlflow if shared else None,
+                       mlflow_dir=mlflow_dir)
         started.append(s)
         return s
 
     yield start
     for s in started:
         s.stop()
+
+
+def bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def test_a_healthy_gateway_passes_every_step_and_leaves_nothing_behind(stack, mlflow):
@@ -76,15 +95,83 @@ def test_a_healthy_gateway_passes_every_step_and_leaves_nothing_behind(stack, ml
     assert "sha256 equal" in steps(report)["artifact"]["detail"]
     # What it made is gone: the model outright, the artifact files, and the
     # run and experiment into MLflow's trash (the REST API cannot purge them).
-    api = f"{mlflow.url}/api/2.0/mlflow"
-    models = requests.get(f"{api}/registered-models/search", timeout=10).json()
+    # MLflow answers only the gateway's signed requests: asked as the admin,
+    # who sees everything.
+    api = f"{s.url}/api/mlflow/api/2.0/mlflow"
+    admin = bearer(harness.ADMIN_KEY)
+    models = requests.get(f"{api}/registered-models/search", headers=admin, timeout=10).json()
     assert not [m for m in models.get("registered_models", []) if m["name"].startswith("hokusai-verify-")]
     exps = requests.post(f"{api}/experiments/search", json={"max_results": 1000, "view_type": "ALL"},
-                         timeout=10).json()["experiments"]
+                         headers=admin, timeout=10).json()["experiments"]
     made = [e for e in exps if e["name"].startswith("hokusai-verify-")]
     assert made and all(e["lifecycle_stage"] == "deleted" for e in made)
     leftovers = [p for p in (mlflow.data / "artifacts").rglob("*") if p.is_file() and "hokusai-verify" in str(p)]
     assert not leftovers, leftovers
+
+
+def test_mlflow_sees_the_keys_user_and_its_admin_flag(stack):
+    s = stack()
+    for key, seen in ((harness.RW_KEY, "MLflow sees you as u_rw (admin: no)"),
+                      (harness.ADMIN_KEY, "MLflow sees you as u_admin (admin: yes)")):
+        rc, report = verify(s.url + "/api/mlflow", token=key)
+        assert rc == 0, report
+        identity = steps(report)["identity"]
+        assert identity["status"] == "PASS", identity
+        assert identity["detail"] == f"{seen}, the key's user_id", identity
+
+
+def test_with_write_the_keys_user_owns_the_experiment_it_made(stack):
+    s = stack()
+    rc, report = verify(s.url + "/api/mlflow", "--write", "--artifact-mib", "1", token=harness.ALICE_KEY)
+    assert rc == 0, report
+    owner = steps(report)["ownership"]
+    assert owner["status"] == "PASS", owner
+    found = re.fullmatch(r"u_alice has MANAGE on experiment (hokusai-verify-\w+) \((\d+)\): its creator owns it",
+                         owner["detail"])
+    assert found, owner
+    # True by MLflow's permissions API, asked as the admin (the experiment is
+    # in MLflow's trash by now: cleanup ran); another user does not own it.
+    name, experiment_id = found.groups()
+    assert steps(report)["experiment"]["detail"] == f"experiment {name} ({experiment_id})"
+    # Bob's first request makes him an MLflow user.
+    assert requests.get(f"{s.url}/api/mlflow/api/2.0/mlflow/users/current", headers=bearer(harness.BOB_KEY),
+                        timeout=10).status_code == 200
+    for user, permission in (("u_alice", "MANAGE"), ("u_bob", "READ")):
+        got = requests.get(f"{s.url}/api/mlflow/api/3.0/mlflow/users/permissions/get",
+                           headers=bearer(harness.ADMIN_KEY), timeout=10,
+                           params={"username": user, "resource_type": "experiment", "resource_id": experiment_id})
+        assert got.status_code == 200 and got.json()["permission"] == permission, (user, got.text)
+    assert steps(report)["cleanup"]["status"] == "PASS"
+
+
+def test_mlflow_without_its_auth_app_fails_the_identity_step(stack):
+    rc, report = verify(stack(ownership=False).url + "/api/mlflow", "--write")
+    assert rc == 1
+    assert set(failed(report)) == {"identity"}, report
+    only_failure(report, "identity", "MLflow auth app", "404", "without its auth app", "cannot tell users apart",
+                 "--app-name hokusai-auth", "mlflow-plugin")
+    assert steps(report)["mlflow"]["status"] == "PASS"
+    assert steps(report)["experiment"]["status"] == "SKIP", "nothing is written into a registry without owners"
+
+
+def test_a_gateway_signing_with_a_key_mlflow_does_not_trust_is_named_from_its_refusal(stack):
+    # The stack's own key pair, same kid: MLflow has that kid with another public key.
+    rc, report = verify(stack(own_keys=True).url + "/api/mlflow")
+    assert rc == 1
+    # Every request MLflow gets is refused: the mlflow step says why, whom it sees is unknown.
+    assert set(failed(report)) == {"mlflow"}, report
+    only_failure(report, "mlflow", "identity assertion", "bad signature", "signing_key_env", "not that key's pair")
+    assert steps(report)["identity"]["status"] == "SKIP"
+    assert steps(report)["key"]["status"] == "PASS", "the filter accepts the key; MLflow refuses the assertion"
+
+
+def test_a_key_without_a_user_id_is_named_as_the_cause(stack, keys):
+    key = keys.new(user_id=None)
+    rc, report = verify(stack().url + "/api/mlflow", token=key)
+    assert rc == 1
+    assert set(failed(report)) == {"mlflow"}, report
+    only_failure(report, "mlflow", "identity assertion", "no user_id", "signs no identity")
+    assert steps(report)["identity"]["status"] == "SKIP"
 
 
 def test_https_with_a_trusted_certificate_passes(stack):

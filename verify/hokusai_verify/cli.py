@@ -44,8 +44,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tracking-uri", required=True, help="what MLFLOW_TRACKING_URI is: https://<host>/api/mlflow")
     ap.add_argument("--write", action="store_true",
-                    help="also create an experiment, a run, an artifact, a model version and an alias, "
-                         "then delete them")
+                    help="also create an experiment (and check its owner), a run, an artifact, a model "
+                         "version and an alias, then delete them")
     ap.add_argument("--artifact-mib", type=int, default=4, help="size of the --write artifact (default 4 MiB)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds the whole run may take (default 120)")
     ap.add_argument("--ca-file", help="CA certificate(s) to trust for the gateway's TLS")
@@ -93,8 +93,8 @@ def skip_rest(names, why: str) -> list[Result]:
 
 
 NETWORK_STEPS = ["dns", "tcp", "tls"]
-READ_STEPS = ["health", "filter", "key", "scopes", "mlflow", "rate_limit"]
-WRITE_STEPS = ["experiment", "run", "artifact", "model_version", "alias", "cleanup"]
+READ_STEPS = ["health", "filter", "key", "scopes", "mlflow", "identity", "rate_limit"]
+WRITE_STEPS = ["experiment", "ownership", "run", "artifact", "model_version", "alias", "cleanup"]
 
 
 def network(t: Target) -> list[Result]:
@@ -122,25 +122,30 @@ def mlflow_client(t: Target, args):
     return MlflowClient(tracking_uri=t.tracking_uri)
 
 
-def read_only(t: Target, args, client) -> list[Result]:
+def read_only(t: Target, args, client) -> tuple[list[Result], Checks]:
     checks = Checks(t, args.write)
     steps = (("health", checks.health), ("filter", checks.filter_in_path), ("key", checks.key),
-             ("scopes", checks.scopes), ("mlflow", lambda: checks.mlflow(client)), ("rate_limit", checks.rate_limit))
-    return [step(name, fn) for name, fn in steps]
+             ("scopes", checks.scopes), ("mlflow", lambda: checks.mlflow(client)), ("identity", checks.identity),
+             ("rate_limit", checks.rate_limit))
+    return [step(name, fn) for name, fn in steps], checks
 
 
-def write_workflow(args, client) -> list[Result]:
+# Write steps that only look: the steps after them still apply when they fail.
+CHECK_ONLY = {"ownership"}
+
+
+def write_workflow(t: Target, args, client, user_id: str | None) -> list[Result]:
     from .write_steps import Workflow
 
-    w = Workflow(client, args.artifact_mib)
-    steps = (("experiment", w.create_experiment), ("run", w.log_run), ("artifact", w.artifact),
-             ("model_version", w.register_model), ("alias", w.set_alias))
+    w = Workflow(client, args.artifact_mib, t, user_id)
+    steps = (("experiment", w.create_experiment), ("ownership", w.ownership), ("run", w.log_run),
+             ("artifact", w.artifact), ("model_version", w.register_model), ("alias", w.set_alias))
     results = []
     try:
-        for name, fn in steps:
+        for i, (name, fn) in enumerate(steps):
             results.append(step(name, fn))
-            if results[-1].status == "FAIL":
-                results += skip_rest([n for n, _ in steps[len(results):]], f"{name} failed")
+            if results[-1].status == "FAIL" and name not in CHECK_ONLY:
+                results += skip_rest([n for n, _ in steps[i + 1:]], f"{name} failed")
                 break
     finally:
         results.append(step("cleanup", w.cleanup))
@@ -152,12 +157,13 @@ def run(t: Target, args) -> list[Result]:
     if any(r.status == "FAIL" for r in results):
         return results
     client = mlflow_client(t, args)
-    results += read_only(t, args, client)
+    read, checks = read_only(t, args, client)
+    results += read
     if not args.write:
         return results + skip_rest(WRITE_STEPS, "run with --write to try the write workflow")
     if any(r.status == "FAIL" for r in results):
         return results + skip_rest(WRITE_STEPS, "an earlier step failed")
-    return results + write_workflow(args, client)
+    return results + write_workflow(t, args, client, checks.user_id())
 
 
 # --- output ------------------------------------------------------------------

@@ -114,8 +114,65 @@ def other_reply(ev: Evidence, t: Target) -> Diagnosis:
     if ev.status == 404:
         return Diagnosis("path rewrite", "MLflow has no such path: the path the gateway sends does not fit "
                                          "the server (see the next diagnosis line)")
+    if ev.status == 401 and ev.headers.get("www-authenticate", "").startswith("HokusaiIdentity"):
+        return assertion_refused(ev.json().get("message", ""))
+    if ev.status == 401 and ev.headers.get("www-authenticate", "").startswith('Basic realm="mlflow"'):
+        return Diagnosis("MLflow auth app", "MLflow's auth app asks for its own password: it runs with its "
+                                            "default authorization_function, not the Hokusai plugin; set "
+                                            "authorization_function = hokusai_mlflow_plugin:authenticate in "
+                                            "the auth ini (MLFLOW_AUTH_CONFIG_PATH), see mlflow-plugin/README.md")
+    if ev.status == 500 and "Hokusai identity plugin is misconfigured" in body:
+        return Diagnosis("MLflow auth app", f"{ev.json().get('message', body[:160])}: fix it and restart "
+                                            "MLflow (with --app-name hokusai-auth it refuses to start instead)")
     if ev.status in (401, 403):
         return Diagnosis("gateway", f"a {ev.status} that is not the Hokusai filter's (no "
                                     "x-hokusai-auth-reply): another authentication layer answered")
     return Diagnosis("upstream", f"unexpected {ev.status} from {'MLflow' if ev.from_upstream else 'the gateway'}:"
                                  f" {body[:120]!r}")
+
+
+# --- MLflow's auth app and the gateway's identity assertion ---------------------------
+
+ASSERTION_CAUSES = (
+    # (what the plugin's message says, the likely cause and fix)
+    ("missing", "the gateway forwarded no identity assertion: the filter's identity_assertion section "
+                "(signing_key_env, kid) is not configured, or something between the gateway and MLflow "
+                "drops the header, or MLflow's HOKUSAI_IDENTITY_HEADER names another header"),
+    ("unknown key id", "the gateway signs with a kid that is not in MLflow's HOKUSAI_IDENTITY_JWKS: add the "
+                       "gateway's public key to that JWKS and restart MLflow (on rotation MLflow must have the "
+                       "new key before the gateway switches), or set identity_assertion.kid to a key it has"),
+    ("bad signature", "the kid is in MLflow's JWKS but the gateway's private key (identity_assertion."
+                      "signing_key_env) is not that key's pair: give the gateway the PEM that `keys new` made "
+                      "with that JWKS entry, or MLflow the JWKS of the gateway's key"),
+    ("another audience", "the gateway's identity_assertion.audience (or a route rule's) differs from MLflow's "
+                         "HOKUSAI_IDENTITY_AUDIENCE: make them the same"),
+    ("another issuer", "the gateway's identity_assertion.issuer differs from MLflow's HOKUSAI_IDENTITY_ISSUER: "
+                       "make them the same"),
+    ("expired", "the assertion was already expired when MLflow checked it: the gateway's and MLflow's clocks "
+                "differ by more than the token's lifetime plus 30 s (run NTP on both)"),
+    ("in the future", "the gateway's clock is ahead of MLflow's by more than 30 s: run NTP on both"),
+    ("lives longer", "the gateway mints assertions living longer than MLflow accepts (15 minutes): lower "
+                     "identity_assertion.ttl_seconds to at most 900"),
+)
+
+
+def assertion_refused(message: str) -> Diagnosis:
+    """MLflow's Hokusai plugin refused the gateway's identity assertion (its
+    401 `UNAUTHENTICATED`, `WWW-Authenticate: HokusaiIdentity`); its message
+    says why."""
+    for words, cause in ASSERTION_CAUSES:
+        if words in message:
+            return Diagnosis("identity assertion", f"MLflow refused the gateway's identity assertion "
+                                                   f"({message!r}): {cause}")
+    return Diagnosis("identity assertion", f"MLflow refused the gateway's identity assertion ({message!r}): "
+                                           "the gateway's identity_assertion settings and MLflow's "
+                                           "HOKUSAI_IDENTITY_* settings do not match; see mlflow-plugin/README.md")
+
+
+def no_auth_app(what: str) -> Diagnosis:
+    return Diagnosis("MLflow auth app", f"MLflow answers 404 for {what}: it runs without its auth app, so it "
+                                        "cannot tell users apart and any key that may write can change or "
+                                        "delete anyone's experiments and models; run `mlflow server --app-name "
+                                        "hokusai-auth` with the Hokusai plugin (pip install ./mlflow-plugin, "
+                                        "MLFLOW_AUTH_CONFIG_PATH, HOKUSAI_IDENTITY_JWKS): docs/deployment.md, "
+                                        "\"The identity assertion\", and mlflow-plugin/README.md")

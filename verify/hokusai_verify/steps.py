@@ -1,9 +1,10 @@
 """The read-only steps over HTTP: the health path, the filter in the path,
-the key, its scopes, MLflow behind the path rewrite, the rate limit."""
+the key, its scopes, MLflow behind the path rewrite, whom MLflow sees, the
+rate limit."""
 
 from __future__ import annotations
 
-from .diagnose import Diagnosis, diagnose, reset_time
+from .diagnose import Diagnosis, diagnose, no_auth_app, reset_time
 from .network import Failed
 from .probe import Evidence, Target, fetch
 
@@ -13,6 +14,7 @@ class Skipped(Exception):
 
 
 API_SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+API_CURRENT_USER = "/api/2.0/mlflow/users/current"  # MLflow's auth app: whom it sees
 
 
 class Checks:
@@ -21,6 +23,7 @@ class Checks:
     def __init__(self, t: Target, write: bool):
         self.t, self.write = t, write
         self.whoami: Evidence | None = None
+        self.mlflow_ok = False  # the MLflow step passed: MLflow serves the REST paths it is sent
 
     def health(self) -> str:
         first = None
@@ -79,21 +82,82 @@ class Checks:
             found = client.search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - any failure is diagnosed from the raw request
             raise Failed(first_line(e), self.why_no_mlflow()) from e
+        self.mlflow_ok = True
         return f"MLflow answered {self.t.mount}/api/2.0/mlflow/experiments/search ({len(found)} experiment(s))"
 
     def why_no_mlflow(self) -> Diagnosis:
         ev = fetch(self.t, self.t.mount + API_SEARCH)
-        if ev.status != 404 or ev.marker:
-            return diagnose(ev, self.t)
+        refused = auth_app_refused(ev)
+        if (ev.status != 404 and not refused) or ev.marker:
+            return self.diagnose_mlflow(ev)
         if not ev.body.strip() and not ev.from_upstream:
             return diagnose(ev, self.t)  # the gateway's own 404: no route
         ajax = fetch(self.t, self.t.mount + API_SEARCH.replace("/api/", "/ajax-api/", 1))
         if ajax.status == 200:
             return Diagnosis("path rewrite", "the server serves the UI's /ajax-api/2.0/ but not /api/2.0/: set "
                                              "mlflow.ajax_api: true for this route")
-        return Diagnosis("path rewrite", f"MLflow does not know the path it is sent: the gateway did not strip "
-                                         f"{self.t.mount} (add it to mlflow.mount_prefixes), or MLflow serves "
-                                         "under a prefix of its own (--static-prefix)")
+        how = " (its auth app refuses, 403, what it has no rule for)" if refused else ""
+        return Diagnosis("path rewrite", f"MLflow does not know the path it is sent{how}: the gateway did not "
+                                         f"strip {self.t.mount} (add it to mlflow.mount_prefixes), or MLflow "
+                                         "serves under a prefix of its own (--static-prefix)")
+
+    def whoami_answer(self) -> dict | None:
+        """The filter's whoami answer for the key, if it gave one."""
+        if self.whoami is None or self.whoami.status != 200 or self.whoami.marker != "whoami":
+            return None
+        return self.whoami.json()
+
+    def user_id(self) -> str | None:
+        """The key's user_id, from the filter's whoami answer."""
+        return (self.whoami_answer() or {}).get("user_id")
+
+    def identity(self) -> str:
+        """Whom MLflow's auth app sees: the key's user, made an MLflow user by
+        the plugin from the gateway's signed assertion."""
+        me = self.whoami_answer()
+        if me is None:
+            raise Skipped("no whoami answer: the key's user is unknown")
+        if not self.mlflow_ok:
+            raise Skipped("MLflow not reached (the mlflow step failed)")
+        user_id = me.get("user_id")
+        ev = fetch(self.t, self.t.mount + API_CURRENT_USER)
+        if ev.status == 200 and not ev.marker:
+            return self.same_user(ev, user_id, bool(me.get("is_admin")))
+        detail = f"{self.t.mount}{API_CURRENT_USER}: {ev.status or ev.error}"
+        if ev.status == 404 and not ev.marker and ev.from_upstream:
+            raise Failed(detail, no_auth_app(f"{self.t.mount}{API_CURRENT_USER} (and serves its other paths)"))
+        raise Failed(detail, self.diagnose_mlflow(ev))
+
+    def diagnose_mlflow(self, ev: Evidence) -> Diagnosis:
+        """diagnose(), knowing the key: the filter signs no assertion for a key without a user_id."""
+        refused = ev.status == 401 and ev.headers.get("www-authenticate", "").startswith("HokusaiIdentity")
+        if refused and "missing" in ev.json().get("message", "") and self.whoami_answer() is not None \
+                and not self.user_id():
+            return Diagnosis("identity assertion", "the key service gives this key no user_id, so the gateway "
+                                                   "signs no identity for it and MLflow refuses the request "
+                                                   f"({ev.json().get('message')!r}): give the key a user_id")
+        return diagnose(ev, self.t)
+
+    def same_user(self, ev: Evidence, user_id: str | None, key_is_admin: bool) -> str:
+        user = ev.json().get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("username"), str):
+            raise Failed(f"{self.t.mount}{API_CURRENT_USER}: 200 without a user", Diagnosis(
+                "MLflow auth app", f"MLflow's answer to {API_CURRENT_USER} names no user "
+                                   f"({ev.body.strip()[:120]!r}): is it MLflow's auth app answering?"))
+        name, admin = user["username"], bool(user.get("is_admin"))
+        seen = f"MLflow sees you as {name} (admin: {'yes' if admin else 'no'})"
+        if name != user_id:
+            raise Failed(f"{seen}; the key's user_id is {user_id}", Diagnosis(
+                "identity assertion", f"MLflow takes this key for {name!r}, the key service says it is "
+                                      f"{user_id!r}'s: MLflow's authorization_function is not the Hokusai "
+                                      "plugin (hokusai_mlflow_plugin:authenticate), or a layer between the "
+                                      "gateway and MLflow sets another identity"))
+        if admin != key_is_admin:
+            raise Failed(f"{seen}; the key's is_admin is {key_is_admin}", Diagnosis(
+                "identity assertion", f"MLflow's admin flag for {name!r} ({admin}) is not the key's is_admin "
+                                      f"({key_is_admin}); the Hokusai plugin sets it from every assertion: "
+                                      "MLflow's authorization_function is not the plugin"))
+        return f"{seen}, the key's user_id"
 
     def rate_limit(self) -> str:
         ev = fetch(self.t, self.t.mount + API_SEARCH)
@@ -107,6 +171,16 @@ class Checks:
         h = ev.headers
         return (f"limit {h['x-ratelimit-limit']}/hour, {h.get('x-ratelimit-remaining')} left, window ends "
                 f"{reset_time(ev)}")
+
+
+def auth_app_refused(ev: Evidence) -> bool:
+    """MLflow's auth app's 403 (plain `Permission denied`, or the Hokusai
+    plugin's JSON PERMISSION_DENIED). For experiments/search, which it
+    filters rather than refuses, that means a path it has no rule for:
+    it fails closed (MLFLOW_BASIC_AUTH_FAIL_CLOSED, on by default)."""
+    if ev.status != 403 or ev.marker or not ev.from_upstream:
+        return False
+    return ev.body.strip() == "Permission denied" or ev.json().get("error_code") == "PERMISSION_DENIED"
 
 
 def first_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """`--write`: the MLflow workflow a user runs, with the unmodified client:
-an experiment, a run with params and metrics, an artifact up and down
-(checksum compared), a registered model version and an alias. Everything is
+an experiment (owned by the key's user, MLflow's permissions API says), a run
+with params and metrics, an artifact up and down (checksum compared), a
+registered model version and an alias. Everything is
 named `hokusai-verify-<tag>` and deleted again, also when a step fails."""
 
 from __future__ import annotations
@@ -11,18 +12,26 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlencode
 
-from .diagnose import Diagnosis
+from .diagnose import Diagnosis, assertion_refused, diagnose, no_auth_app
 from .network import Failed
-from .steps import first_line
+from .probe import Target, fetch
+from .steps import Skipped, first_line
 
 ARTIFACT_DIR = "hokusai-verify"
 ALIAS = "verified"
+API_PERMISSION = "/api/3.0/mlflow/users/permissions/get"  # MLflow's auth app: a user's permission on a resource
 
 
 def from_error(e: BaseException) -> Diagnosis:
-    """The MLflow client's error, which carries the filter's error code."""
+    """The MLflow client's error, which carries the filter's error code (or
+    the Hokusai plugin's, from MLflow's auth app)."""
     text = first_line(e)
+    if "your MLflow user lacks the permission" in text:  # the Hokusai plugin's 403 from MLflow's auth app
+        return Diagnosis("MLflow permissions", f"MLflow's auth app refused it: {text}")
+    if "UNAUTHENTICATED: " in text and ("identity assertion" in text or "-identity header" in text):
+        return assertion_refused(text.split("UNAUTHENTICATED: ", 1)[1])  # the plugin's 401, not the filter's
     for code, layer in (("PERMISSION_DENIED", "scopes"), ("UNAUTHENTICATED", "key"),
                         ("RESOURCE_EXHAUSTED", "rate limit"), ("TEMPORARILY_UNAVAILABLE", "key service")):
         if code in text:
@@ -39,8 +48,9 @@ def sha256(path: Path) -> str:
 
 
 class Workflow:
-    def __init__(self, client, artifact_mib: int):
+    def __init__(self, client, artifact_mib: int, t: Target, user_id: str | None):
         self.client, self.mib = client, artifact_mib
+        self.t, self.user_id = t, user_id
         self.name = f"hokusai-verify-{uuid.uuid4().hex[:10]}"
         self.experiment_id: str | None = None
         self.run = None
@@ -57,6 +67,28 @@ class Workflow:
     def create_experiment(self) -> str:
         self.experiment_id = self.call("create_experiment", self.client.create_experiment, self.name)
         return f"experiment {self.name} ({self.experiment_id})"
+
+    def ownership(self) -> str:
+        """MLflow's auth app makes the creator the owner: MANAGE for the key's user."""
+        if self.user_id is None:
+            raise Skipped("the key's user_id is unknown")
+        query = urlencode({"username": self.user_id, "resource_type": "experiment",
+                           "resource_id": self.experiment_id})
+        ev = fetch(self.t, f"{self.t.mount}{API_PERMISSION}?{query}")
+        what = f"experiment {self.name} ({self.experiment_id})"
+        if ev.status == 200 and not ev.marker:
+            permission = ev.json().get("permission")
+            if permission == "MANAGE":
+                return f"{self.user_id} has MANAGE on {what}: its creator owns it"
+            raise Failed(f"{self.user_id} has {permission} on {what}, not MANAGE", Diagnosis(
+                "MLflow permissions", f"MLflow's auth app did not record the key's user as the owner of the "
+                                      f"experiment it just created (it says {permission}); likely MLflow "
+                                      "replicas that do not share one auth database (the auth ini's "
+                                      "database_uri), or a replica without the auth app"))
+        detail = f"{self.t.mount}{API_PERMISSION}: {ev.status or ev.error}"
+        if ev.status == 404 and not ev.marker and ev.from_upstream:
+            raise Failed(detail, no_auth_app(f"{self.t.mount}{API_PERMISSION}"))
+        raise Failed(detail, diagnose(ev, self.t))
 
     def log_run(self) -> str:
         self.run = self.call("create_run", self.client.create_run, self.experiment_id, run_name=self.name)
