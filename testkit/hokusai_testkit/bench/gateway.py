@@ -36,11 +36,12 @@ def envoy_options(row: Row, workdir: Path, upstream_port: int, auth_port: int, c
     extra = {"BENCH_KEY": BENCH_KEY}
     if row.wasm is not None:
         extra["WASM"] = str(row.wasm)
+    signing = harness.Signing(harness.IdentityKeys.ensure(workdir / "identity")) if row.signing else None
     return harness.EnvoyOptions(
         upstream_port=upstream_port, auth_port=auth_port, config=row.config or hokusai_config(False),
         concurrency=concurrency, log_level="warning", template=render_template(row.filter, workdir),
         extra_vars=extra, ratelimit_port=ratelimit_port, filter="native" if row.native else "wasm",
-        native=row.so or harness.NATIVE,
+        native=row.so or harness.NATIVE, signing=signing,
     )
 
 
@@ -80,6 +81,8 @@ def check_row(ctx: Ctx, row: Row, envoy: harness.Envoy):
         raise Failed(f"good key: upstream got no identity header: {sorted(up)}")
     if row.hides_key and "authorization" in up:
         raise Failed("good key: the key reached the upstream")
+    if row.signing and up.get("x-hokusai-identity", "").count(".") != 2:
+        raise Failed(f"good key: upstream got no signed identity: {sorted(up)}")
     for what, headers in (("wrong key", bearer(WRONG_KEY)), ("no key", {})):
         ctx.echo.clear()
         status, body = get(envoy.port, REQ_PATH, headers)

@@ -86,6 +86,12 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     v = summary.get("native_hit_rl", {}).get("cpu_d_native_hit")
     check("native: rate limit on ≤ +3 µs Envoy CPU/request over the native cache hit", v,
           v is not None and v <= 3, f"{fmt(v, '+.1f')} µs")
+    v = summary.get("hit_id", {}).get("cpu_d_hit")
+    check("identity assertion on ≤ +2 µs Envoy CPU/request over the cache hit", v, v is not None and v <= 2,
+          f"{fmt(v, '+.1f')} µs")
+    v = summary.get("native_hit_id", {}).get("cpu_d_native_hit")
+    check("native: identity assertion on ≤ +2 µs Envoy CPU/request over the native cache hit", v,
+          v is not None and v <= 2, f"{fmt(v, '+.1f')} µs")
     v = hit.get("c1_p99_d_none")
     check("cache hit p99 ≤ 100 µs above no filter (1 connection: no queueing)", v,
           v is not None and v <= 100, f"{fmt(v, '+.0f')} µs")

@@ -34,6 +34,7 @@ class Row:
     global_limit: bool = False  # counts in the rate limit service (on Redis)
     native: bool = False  # the native build (dynamic module) instead of the .wasm
     so: Path | None = None  # that build's .so (default: harness.NATIVE)
+    signing: bool = False  # the filter signs the identity assertion (x-hokusai-identity)
 
 
 def hokusai_config(rate_limit: bool = False, routes: bool = False, global_limit: bool = False) -> dict:
@@ -90,6 +91,16 @@ def base_rows(hw: Path) -> list[Row]:
         Row("native_miss", "hokusai native, cache miss (new key each request)", "hokusai",
             config=hokusai_config(False), auth=True, distinct_keys=True, callouts=1.0,
             identity=True, hides_key=True, native=True),
+        Row("hit_id", "hokusai, cache hit, identity assertion signed", "hokusai", wasm=hw,
+            config=hokusai_config(False), auth=True, identity=True, hides_key=True, signing=True),
+        Row("native_hit_id", "hokusai native, cache hit, identity assertion signed", "hokusai",
+            config=hokusai_config(False), auth=True, identity=True, hides_key=True, native=True, signing=True),
+        Row("miss_id", "hokusai, cache miss, identity assertion signed (a signature per new key)", "hokusai",
+            wasm=hw, config=hokusai_config(False), auth=True, distinct_keys=True, callouts=1.0,
+            identity=True, hides_key=True, signing=True),
+        Row("native_miss_id", "hokusai native, cache miss, identity assertion signed", "hokusai",
+            config=hokusai_config(False), auth=True, distinct_keys=True, callouts=1.0,
+            identity=True, hides_key=True, native=True, signing=True),
         Row("hit_rl", "hokusai, cache hit, rate limit on", "hokusai", wasm=hw,
             config=hokusai_config(True), auth=True, identity=True, hides_key=True),
         Row("hit_grl", "hokusai, cache hit, global rate limit (rate limit service on Redis)", "hokusai",
