@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """List every HTTP route of the MLflow tracking server, one `METHOD PATH` a line.
 
-Run it with the interpreter that has the project's pinned MLflow installed:
+Run it with the interpreter of the MLflow whose routes you want (scripts/mlflow-matrix.sh
+does, for each supported version):
 
-    /path/to/venv/bin/python scripts/list-mlflow-endpoints.py > tests/data/mlflow-endpoints.txt
+    /path/to/venv/bin/python scripts/list-mlflow-endpoints.py > tests/data/mlflow-endpoints-<version>.txt
 
 Sources, all unioned:
 
@@ -14,7 +15,8 @@ Sources, all unioned:
 * the native FastAPI routers that `mlflow server` (uvicorn, the default) mounts in front
   of the Flask app (`mlflow.server.fastapi_app.create_fastapi_app`: OTLP `/v1/traces`,
   jobs, AI gateway invocations, assistant, streaming artifact upload/download,
-  MCP server registry, server-info, health);
+  MCP server registry, server-info, health). MLflow 2.x has none (`mlflow server` runs
+  the Flask app alone, under gunicorn): the output then says so in a second `#` line;
 * the routes added by the basic-auth app (`mlflow server --app-name basic-auth`:
   users, roles, permissions). That needs the `auth` extra (Flask-WTF); without it the
   script fails unless `--no-basic-auth` is given, so the output never silently shrinks.
@@ -99,11 +101,21 @@ def _walk_fastapi(route_list, prefix: str, routes: set[tuple[str, str]]) -> None
         # Mounts (the Flask app at "/") carry no methods; Flask routes come from url_map.
 
 
-def fastapi_routes(flask_app, routes: set[tuple[str, str]]) -> None:
-    from mlflow.server.fastapi_app import create_fastapi_app
+def fastapi_routes(flask_app, routes: set[tuple[str, str]]) -> bool:
+    """False when this MLflow has no FastAPI app (2.x: `mlflow server` runs the
+    Flask app alone, under gunicorn); from 3.x on its absence is an error."""
+    import mlflow
+
+    try:
+        from mlflow.server.fastapi_app import create_fastapi_app
+    except ModuleNotFoundError:
+        if int(mlflow.__version__.split(".")[0]) < 3:
+            return False
+        raise
 
     fastapi_app = create_fastapi_app(flask_app)
     _walk_fastapi(fastapi_app.routes, "", routes)
+    return True
 
 
 def basic_auth_routes(flask_app, routes: set[tuple[str, str]], workdir: str) -> None:
@@ -158,12 +170,14 @@ def main() -> int:
         routes: set[tuple[str, str]] = set()
         flask_routes(flask_app, routes)
         handler_endpoints(routes)
-        fastapi_routes(flask_app, routes)
+        has_fastapi = fastapi_routes(flask_app, routes)
         if not args.no_basic_auth:
             basic_auth_routes(flask_app, routes, workdir)
         os.chdir("/")
 
     out = [f"# mlflow {mlflow.__version__}"]
+    if not has_fastapi:
+        out.append("# no FastAPI app in this MLflow: the Flask routes are all it serves")
     out += [f"{method} {path}" for method, path in sorted(routes, key=lambda r: (r[1], r[0]))]
     sys.stdout.write("\n".join(out) + "\n")
     return 0

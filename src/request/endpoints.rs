@@ -445,9 +445,39 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
-    /// The route list of the pinned MLflow, from scripts/list-mlflow-endpoints.py.
-    const MLFLOW_ROUTES: &str = include_str!("../../tests/data/mlflow-endpoints.txt");
+    /// The route lists of the supported MLflow versions, `(version, text)` sorted by
+    /// file name: every `tests/data/mlflow-endpoints-<version>.txt`, as
+    /// scripts/mlflow-matrix.sh writes them with scripts/list-mlflow-endpoints.py.
+    /// Read when the test runs, so a new version's list is checked as soon as it is
+    /// there.
+    fn mlflow_route_lists() -> Vec<(String, String)> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut lists = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("mlflow-endpoints") {
+                continue;
+            }
+            let version = name
+                .strip_prefix("mlflow-endpoints-")
+                .and_then(|n| n.strip_suffix(".txt"))
+                .unwrap_or_else(|| {
+                    panic!("{name}: a route list is mlflow-endpoints-<version>.txt")
+                });
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(
+                text.lines().next(),
+                Some(format!("# mlflow {version}").as_str()),
+                "{name}: the first line must name the MLflow version it lists"
+            );
+            lists.push((version.to_owned(), text));
+        }
+        lists.sort();
+        lists
+    }
 
     fn table() -> EndpointTable {
         EndpointTable::builtin().unwrap()
@@ -535,6 +565,26 @@ mod tests {
             read GET /
             write POST /gateway/my-endpoint/mlflow/invocations
             write POST /gateway/gemini/v1beta/models/e:generateContent
+            # MLflow 3.18.0: the skill registry
+            read GET /api/3.0/mlflow/skills
+            read GET /api/3.0/mlflow/skills/@org/s/versions/3
+            registry-write POST /api/3.0/mlflow/skills/bulk-register
+            registry-write DELETE /api/3.0/mlflow/skills/s/tags/a/b
+            write POST /api/3.0/mlflow/issues/schedule/state
+            # MLflow 3.10.1: per-resource and workspace permissions
+            write POST /api/3.0/mlflow/gateway/secrets/permissions/create
+            read GET /api/3.0/mlflow/scorers/permissions/get
+            read GET /api/3.0/mlflow/workspaces/w/permissions
+            write DELETE /api/3.0/mlflow/workspaces/w/permissions
+            admin GET /api/3.0/mlflow/workspace-permissions
+            # MLflow 2.x only
+            read GET /api/2.0/mlflow/traces/tr-1
+            write POST /api/2.0/mlflow/traces/tr-1/assessments
+            write PATCH /api/2.0/mlflow/traces/tr-1/assessments/a-1
+            write POST /api/2.0/mlflow/experiments/permissions/create
+            read GET /api/2.0/mlflow/experiments/permissions/get
+            write DELETE /api/2.0/mlflow/registered-models/permissions/delete
+            read GET /api/2.0/mlflow/registered-models/permissions/get
             # HEAD falls back to GET
             read HEAD /api/2.0/mlflow/runs/get
             read HEAD /api/2.0/mlflow-artifacts/artifacts/1/x
@@ -739,35 +789,48 @@ mod tests {
         out
     }
 
-    /// Drift check: every route of the pinned MLflow must be classified by an explicit
-    /// table line, and every table line must be the first match of some route. When
-    /// MLflow is upgraded, regenerate tests/data/mlflow-endpoints.txt with
-    /// scripts/list-mlflow-endpoints.py and classify what this test reports.
+    /// Drift check: every route of every supported MLflow version must be classified
+    /// by an explicit table line, and every table line must be the first match of some
+    /// route of some supported version. For a new MLflow version, write its list with
+    /// scripts/mlflow-matrix.sh (or scripts/list-mlflow-endpoints.py) and classify
+    /// what this test reports; scripts/mlflow-matrix.sh reads the
+    /// `mlflow <version>: <n> routes without a line` lines.
     #[test]
     fn every_mlflow_route_is_in_the_table() {
         let t = table();
+        let lists = mlflow_route_lists();
         let mut used = vec![false; t.entries.len()];
-        let mut missing = Vec::new();
-        let mut routes = 0;
-        for line in MLFLOW_ROUTES.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+        let mut report = Vec::new();
+        for (version, text) in &lists {
+            let mut missing = Vec::new();
+            let mut routes = 0;
+            for line in text.lines() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (method, route) = line.split_once(' ').unwrap();
+                let path = sample_path(route.trim());
+                routes += 1;
+                match t.lookup_entry(method, &path) {
+                    Some(idx) => used[idx] = true,
+                    None => missing.push(format!("  {method} {route}")),
+                }
             }
-            let (method, route) = line.split_once(' ').unwrap();
-            let path = sample_path(route.trim());
-            routes += 1;
-            match t.lookup_entry(method, &path) {
-                Some(idx) => used[idx] = true,
-                None => missing.push(format!("{method} {route}")),
+            assert!(
+                routes > 100,
+                "mlflow {version}: route list too short: {routes}"
+            );
+            if !missing.is_empty() {
+                report.push(format!(
+                    "mlflow {version}: {} routes without a line in src/request/endpoints.txt \
+                     (they would be `write`):\n{}",
+                    missing.len(),
+                    missing.join("\n")
+                ));
             }
         }
-        assert!(routes > 400, "route list too short: {routes}");
-        assert!(
-            missing.is_empty(),
-            "MLflow routes without a line in src/request/endpoints.txt (they would be `write`):\n{}",
-            missing.join("\n")
-        );
+        assert!(report.is_empty(), "\n{}", report.join("\n"));
         let unused: Vec<String> = t
             .entries
             .iter()
@@ -777,9 +840,32 @@ mod tests {
             .collect();
         assert!(
             unused.is_empty(),
-            "src/request/endpoints.txt lines that are the first match of no MLflow route \
-             (stale or shadowed): {}",
+            "src/request/endpoints.txt lines that are the first match of no route of any \
+             supported MLflow version (tests/data/mlflow-endpoints-*.txt; stale or shadowed): {}",
             unused.join(", ")
+        );
+    }
+
+    /// The supported versions: the pinned MLflow (tests/requirements.txt), whose
+    /// list the pin change must bring along, and at least one 2.x.
+    #[test]
+    fn the_supported_mlflow_versions_have_route_lists() {
+        let versions: Vec<String> = mlflow_route_lists().into_iter().map(|(v, _)| v).collect();
+        let requirements = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/requirements.txt"),
+        )
+        .unwrap();
+        let pinned = requirements
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("mlflow[auth]=="))
+            .expect("tests/requirements.txt pins mlflow[auth]");
+        assert!(
+            versions.iter().any(|v| v == pinned),
+            "no tests/data/mlflow-endpoints-{pinned}.txt for the pinned MLflow {pinned}: {versions:?}"
+        );
+        assert!(
+            versions.iter().any(|v| v.starts_with("2.")),
+            "no MLflow 2.x route list: {versions:?}"
         );
     }
 

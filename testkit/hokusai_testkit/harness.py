@@ -38,6 +38,13 @@ ENVOY_TEMPLATE = ROOT / "envoy-config/local.yaml"
 # Which build Envoy loads: "wasm" (the .wasm in Envoy's V8) or "native" (the
 # dynamic module). scripts/test.sh runs the Envoy-level suite once per build.
 FILTER = os.environ.get("HOKUSAI_FILTER", "wasm")
+# The Python that runs MLflow, the server (`python -m mlflow server`) and the
+# client scenarios alike: this interpreter (.venv, the pinned MLflow) unless
+# scripts/mlflow-matrix.sh points it at another MLflow version's venv.
+MLFLOW_PYTHON = os.environ.get("HOKUSAI_MLFLOW_PYTHON") or sys.executable
+# "off": MLflow runs without its auth app and the plugin even where a test asks
+# for ownership (the plugin needs MLflow 3); the matrix sets it for MLflow 2.x.
+MLFLOW_OWNERSHIP = os.environ.get("HOKUSAI_MLFLOW_OWNERSHIP", "on") != "off"
 NATIVE = Path(os.environ.get("HOKUSAI_NATIVE", ROOT / "target/native/libhokusai_mlflow_auth_native.so"))
 NATIVE_MODULE = "hokusai_mlflow_auth_native"
 # The Envoy log component the filter's own lines appear under.
@@ -564,7 +571,7 @@ class MlflowServer:
         self.data = data
         self.ownership = ownership
         cmd = [
-            sys.executable, "-m", "mlflow", "server",
+            MLFLOW_PYTHON, "-m", "mlflow", "server",
             "--host", "127.0.0.1", "--port", str(self.port),
             "--backend-store-uri", f"sqlite:///{data / 'mlflow.db'}",
             "--artifacts-destination", str(data / "artifacts"),
@@ -619,6 +626,7 @@ def mlflow_gateway(workdir: Path, name: str, auth_port: int, ownership: Ownershi
     """A real MLflow behind Envoy with the filter (with `ownership`: MLflow's
     auth app and the filter signing who calls); both stopped on exit, and
     MLflow also when Envoy fails to start. The gateway's `mlflow` is the server."""
+    ownership = ownership if MLFLOW_OWNERSHIP else None
     server = MlflowServer(workdir / f"mlflow-{name}", ownership=ownership)
     try:
         signing = ownership.signing() if ownership else None
@@ -649,8 +657,10 @@ def run_mlflow_client(tracking_uri: str, scenario: str, token=None, basic=None, 
         env["MLFLOW_TRACKING_TOKEN"] = token
     if basic:
         env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = basic
+    if MLFLOW_PYTHON != sys.executable:  # another venv: this package from the repository
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "testkit"), env.get("PYTHONPATH")]))
     work = workdir("mlflow-client-")
-    p = subprocess.run([sys.executable, "-m", SCENARIOS, scenario, str(work)], env=env, capture_output=True,
+    p = subprocess.run([MLFLOW_PYTHON, "-m", SCENARIOS, scenario, str(work)], env=env, capture_output=True,
                        text=True, timeout=timeout, cwd=work)
     assert p.returncode == 0, f"{scenario} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}"
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1]

@@ -17,6 +17,10 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
+# MLflow 2.x clients (scripts/mlflow-matrix.sh) name a model's place `artifact_path`
+# and have no logged-model ids.
+MLFLOW_2 = mlflow.__version__.startswith("2.")
+
 
 class AddOne(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
@@ -63,7 +67,8 @@ def full(work: Path, tag: str, big_mib: int):
         if big_mib:
             big = big_file(work / f"big-{tag}.bin", big_mib)
             mlflow.log_artifact(str(big), artifact_path="big")
-        info = mlflow.pyfunc.log_model(name="model", python_model=AddOne(), pip_requirements=["mlflow"])
+        where = {"artifact_path": "model"} if MLFLOW_2 else {"name": "model"}
+        info = mlflow.pyfunc.log_model(**where, python_model=AddOne(), pip_requirements=["mlflow"])
     run_id = run.info.run_id
 
     got = client.get_run(run_id)
@@ -83,7 +88,8 @@ def full(work: Path, tag: str, big_mib: int):
 
     name = f"e2e-model-{tag}"
     v1 = mlflow.register_model(info.model_uri, name)
-    v2 = client.create_model_version(name, source=info.model_uri, run_id=run_id, model_id=info.model_id)
+    v2 = client.create_model_version(name, source=info.model_uri, run_id=run_id,
+                                     **({} if MLFLOW_2 else {"model_id": info.model_id}))
     client.set_registered_model_alias(name, "champion", v2.version)
     assert client.get_model_version_by_alias(name, "champion").version == v2.version
     assert [m.name for m in client.search_registered_models(filter_string=f"name = '{name}'")] == [name]
