@@ -36,6 +36,12 @@ def parse_args():
     ap.add_argument("--break-no-filter", action="store_true", help="the route has no Hokusai filter")
     ap.add_argument("--break-no-route", action="store_true", help="the gateway routes nothing to MLflow")
     ap.add_argument("--break-key-service", action="store_true", help="the key service is unreachable")
+    ap.add_argument("--break-front-proxy", action="store_true", help="a front proxy (a second Envoy, as a load "
+                    "balancer or CDN) on --port drops the Authorization header before the gateway")
+    ap.add_argument("--credential-sources", help="comma-separated places the filter reads the key from "
+                    "(credentials.sources; e.g. x_api_key: the MLflow client's Bearer key is not read)")
+    ap.add_argument("--identity-audience", help="the audience the filter signs for (MLflow expects mlflow: "
+                    "another one, and MLflow refuses every request)")
     ap.add_argument("--tls-names", help="serve HTTPS with a self-signed certificate for these comma-separated "
                     "names (e.g. 127.0.0.1, or wrong.example for a name mismatch)")
     ap.add_argument("--replicas", type=int, default=1, help="Envoy replicas on consecutive ports from --port "
@@ -57,7 +63,9 @@ def switches_from(args) -> Switches:
                     no_filter=args.break_no_filter, no_route=args.break_no_route,
                     auth_down=args.break_key_service, tls_names=listed(args.tls_names),
                     replicas=args.replicas, global_rate_limit=args.global_rate_limit,
-                    ownership=not args.no_ownership)
+                    ownership=not args.no_ownership, identity_audience=args.identity_audience,
+                    credential_sources=listed(args.credential_sources),
+                    front_proxy_drops=["authorization"] if args.break_front_proxy else None)
 
 
 def dev_keys(data: Path) -> dict:

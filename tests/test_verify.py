@@ -174,6 +174,62 @@ def test_a_key_without_a_user_id_is_named_as_the_cause(stack, keys):
     assert steps(report)["identity"]["status"] == "SKIP"
 
 
+def test_a_gateway_signing_for_another_audience_is_named_from_mlflows_refusal(stack):
+    rc, report = verify(stack(identity_audience="mlflow-staging").url + "/api/mlflow")
+    assert rc == 1
+    # MLflow refuses every request: the mlflow step says why, whom it sees is unknown.
+    assert set(failed(report)) == {"mlflow"}, report
+    only_failure(report, "mlflow", "identity assertion", "another audience", "identity_assertion.audience",
+                 "HOKUSAI_IDENTITY_AUDIENCE")
+    assert steps(report)["identity"]["status"] == "SKIP"
+
+
+# --- the key sent, and missing to the filter: where it got lost -------------------
+
+
+def whoami(url: str, headers: dict) -> tuple[int, str | None]:
+    r = requests.get(url + "/api/mlflow/_hokusai/whoami", headers=headers, timeout=10)
+    return r.status_code, r.headers.get("x-hokusai-auth-reply")
+
+
+def test_a_front_proxy_dropping_authorization_is_named_and_confirmed_with_x_api_key(stack):
+    s = stack(front_proxy_drops=["authorization"])
+    # The stack: through the front proxy the filter sees no Bearer key, but
+    # sees X-API-Key; the gateway itself takes the Bearer key.
+    assert whoami(s.url, bearer(harness.RW_KEY)) == (401, "missing")
+    assert whoami(s.url, {"X-API-Key": harness.RW_KEY}) == (200, "whoami")
+    assert whoami(s.envoy.url, bearer(harness.RW_KEY)) == (200, "whoami")
+
+    rc, report = verify(s.url + "/api/mlflow")
+    assert rc == 1
+    assert steps(report)["filter"]["status"] == "PASS"
+    words = ("drops the Authorization header", "the filter sees none", "X-API-Key reaches it and works",
+             "forward the Authorization header", "cannot send X-API-Key")
+    only_failure(report, "key", "front proxy", *words)
+    # The MLflow client's refusal has the same cause, not "set the token".
+    only_failure(report, "mlflow", "front proxy", *words)
+    for step in report["steps"]:
+        assert "set MLFLOW_TRACKING_TOKEN" not in (step["fix"] or ""), step
+
+
+def test_a_front_proxy_dropping_every_credential_header_is_named(stack):
+    rc, report = verify(stack(front_proxy_drops=["authorization", "x-api-key"]).url + "/api/mlflow")
+    assert rc == 1
+    only_failure(report, "key", "front proxy", "neither Authorization nor X-API-Key",
+                 "forward Authorization (and X-API-Key)", "cannot send X-API-Key")
+    assert "set MLFLOW_TRACKING_TOKEN" not in failed(report)["key"]["fix"]
+
+
+def test_a_gateway_that_does_not_read_bearer_is_told_apart_from_a_dropped_header(stack):
+    # Authorization reaches the filter (it answers the probe's unknown scheme),
+    # so the lost Bearer key is the filter's credentials.sources.
+    rc, report = verify(stack(credential_sources=["x_api_key"]).url + "/api/mlflow")
+    assert rc == 1
+    only_failure(report, "key", "key", "does not read the key from Authorization: Bearer", "it works in X-API-Key",
+                 "credentials.sources")
+    assert "drops" not in failed(report)["key"]["fix"]
+
+
 def test_https_with_a_trusted_certificate_passes(stack):
     s = stack(tls_names=["127.0.0.1"])
     rc, report = verify(s.url + "/api/mlflow", "--ca-file", s.ca_file)

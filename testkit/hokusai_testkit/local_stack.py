@@ -5,6 +5,7 @@ wrong."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,11 @@ class Switches:
     replicas: int = 1  # Envoy replicas, on consecutive ports
     global_rate_limit: bool = False  # Redis + the rate limit service, rate_limit.mode "global"
     ownership: bool = True  # MLflow's auth app + the Hokusai plugin, the filter signing who calls
+    credential_sources: list[str] | None = None  # where the filter reads the key (credentials.sources)
+    identity_audience: str | None = None  # the filter signs for another audience than MLflow's ("mlflow")
+    # A front proxy (a second Envoy, as a load balancer or CDN would be) in
+    # front of each gateway, removing these request headers ("authorization").
+    front_proxy_drops: list[str] | None = None
 
     def plugin_config(self) -> dict:
         cfg = harness.plugin_config()
@@ -39,6 +45,11 @@ class Switches:
             cfg["mlflow"]["mount_prefixes"] = self.mount_prefixes
         if self.ajax_api:
             cfg["mlflow"]["ajax_api"] = True
+        if self.credential_sources is not None:
+            cfg["credentials"] = {**cfg.get("credentials", {}), "sources": self.credential_sources}
+        if self.identity_audience:
+            # The rest of the section (signing_key_env, kid) from the stack's Signing.
+            cfg["identity_assertion"] = {"audience": self.identity_audience}
         if self.global_rate_limit:
             # 100 ms, not 20: MLflow shares this machine, and a worker's first
             # call opens its HTTP/2 connection.
@@ -63,6 +74,67 @@ def gateway_edits(s: Switches, tls_files: tuple[Path, Path] | None):
         if tls_files:
             chain["transport_socket"] = downstream_tls(*tls_files)
     return edit
+
+
+# A front proxy: everything to the gateway, these request headers removed
+# first. It adds no x-envoy-* headers of its own, as a load balancer or CDN
+# would not. ${NAME}: filled by harness.bootstrap() (UPSTREAM_PORT: the gateway).
+FRONT_PROXY = """\
+admin:
+  address:
+    socket_address: { address: 127.0.0.1, port_value: 0 }
+static_resources:
+  listeners:
+  - name: gateway
+    address:
+      socket_address: { address: 127.0.0.1, port_value: ${LISTEN_PORT} }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: front
+          route_config:
+            name: front
+            virtual_hosts:
+            - name: front
+              domains: ["*"]
+              request_headers_to_remove: ${DROPS}
+              routes:
+              - match: { prefix: "/" }
+                route: { cluster: gateway, timeout: 600s, idle_timeout: 120s }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+              suppress_envoy_headers: true
+  clusters:
+  - name: gateway
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: gateway
+      endpoints:
+      - lb_endpoints:
+        - endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: ${UPSTREAM_PORT} } } }
+"""
+
+
+def front_proxy(workdir: Path, name: str, gateway_port: int, drops: list[str], listen_port: int = 0,
+                tls_files: tuple[Path, Path] | None = None) -> harness.Envoy:
+    """A real Envoy in front of the plain-HTTP gateway at `gateway_port`
+    that removes the `drops` request headers (and with `tls_files`
+    terminates TLS, as a load balancer does); stop() it."""
+    template = workdir / f"{name}.template.yaml"
+    template.write_text(FRONT_PROXY)
+
+    def edit(boot: dict):
+        boot["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = downstream_tls(*tls_files)
+
+    options = harness.EnvoyOptions(upstream_port=gateway_port, auth_port=0, template=template, concurrency=1,
+                                   listen_port=listen_port, extra_vars={"DROPS": json.dumps(drops)},
+                                   edit=edit if tls_files else None)
+    return harness.Envoy(workdir, options, name=name)
 
 
 def not_served(prefix: str) -> dict:
@@ -138,14 +210,24 @@ class LocalStack:
     def start_envoy(self, workdir: Path, name: str, listen_port: int):
         upstream = self.mlflow.port if self.mlflow else harness.free_port()
         auth = harness.free_port() if self.s.auth_down else self.keysvc.port
-        options = harness.EnvoyOptions(upstream_port=upstream, auth_port=auth, config=self.s.plugin_config(),
-                                       listen_port=listen_port, edit=gateway_edits(self.s, self.tls_files),
-                                       ratelimit_port=self.ratelimit_port,
-                                       signing=self.ownership.signing() if self.ownership else None)
+        signing = self.ownership.signing() if self.ownership else None
+        config = self.s.plugin_config()
+        if signing and "identity_assertion" in config:
+            config["identity_assertion"] = {**signing.section(), **config["identity_assertion"]}
+        # Behind a front proxy, the front proxy listens where the gateway
+        # would, and terminates TLS.
+        fronted = bool(self.s.front_proxy_drops)
+        options = harness.EnvoyOptions(upstream_port=upstream, auth_port=auth, config=config,
+                                       listen_port=0 if fronted else listen_port,
+                                       edit=gateway_edits(self.s, None if fronted else self.tls_files),
+                                       ratelimit_port=self.ratelimit_port, signing=signing)
         envoy = self.own(harness.Envoy(workdir, options, name=f"{name}-envoy"))
-        scheme = "https" if self.tls_files else "http"
         self.envoys.append(envoy)
-        self.urls.append(f"{scheme}://127.0.0.1:{envoy.port}")
+        port = envoy.port
+        if fronted:
+            port = self.own(front_proxy(workdir, f"{name}-front", envoy.port, self.s.front_proxy_drops,
+                                        listen_port, self.tls_files)).port
+        self.urls.append(f"{'https' if self.tls_files else 'http'}://127.0.0.1:{port}")
 
     def stop(self):
         for part in reversed(self.owned):

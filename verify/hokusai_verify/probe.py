@@ -38,6 +38,7 @@ class Evidence:
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
     error: str | None = None  # no HTTP answer: why
+    sent_bearer: bool = False  # the request carried the key as the MLflow client does
 
     @property
     def marker(self) -> str | None:
@@ -57,11 +58,15 @@ class Evidence:
         return v if isinstance(v, dict) else {}
 
 
-def fetch(t: Target, path: str, key: bool = True, method: str = "GET", json_body=None) -> Evidence:
-    """A request to the gateway: `path` is below the origin."""
+def fetch(t: Target, path: str, key: bool = True, method: str = "GET", json_body=None,
+          headers: dict[str, str] | None = None) -> Evidence:
+    """A request to the gateway: `path` is below the origin. With `key`, the
+    key as the MLflow client sends MLFLOW_TRACKING_TOKEN (Bearer); `headers`
+    instead of that."""
     url = t.origin + path
-    headers = {"Authorization": f"Bearer {t.token}"} if key else {}
-    ev = Evidence(url=url)
+    if headers is None:
+        headers = {"Authorization": f"Bearer {t.token}"} if key else {}
+    ev = Evidence(url=url, sent_bearer=headers.get("Authorization", "").startswith("Bearer "))
     try:
         r = requests.request(method, url, headers=headers, json=json_body, timeout=t.remaining(),
                              verify=t.verify, allow_redirects=False)

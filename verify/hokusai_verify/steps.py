@@ -5,6 +5,7 @@ rate limit."""
 from __future__ import annotations
 
 from .diagnose import Diagnosis, diagnose, no_auth_app, reset_time
+from .lost_key import why_lost
 from .network import Failed
 from .probe import Evidence, Target, fetch
 
@@ -24,6 +25,17 @@ class Checks:
         self.t, self.write = t, write
         self.whoami: Evidence | None = None
         self.mlflow_ok = False  # the MLflow step passed: MLflow serves the REST paths it is sent
+        self.lost: Diagnosis | None = None  # where the key the filter found `missing` got lost
+
+    def diagnose(self, ev: Evidence) -> Diagnosis:
+        """diagnose(), knowing what was sent: for a key sent as the MLflow
+        client sends it that the filter says is missing, where it got lost
+        (found out once), not "set MLFLOW_TRACKING_TOKEN"."""
+        if ev.marker == "missing" and ev.sent_bearer:
+            if self.lost is None:
+                self.lost = why_lost(self.t, ev.url.removeprefix(self.t.origin))
+            return self.lost
+        return diagnose(ev, self.t)
 
     def health(self) -> str:
         first = None
@@ -58,7 +70,8 @@ class Checks:
     def key(self) -> str:
         ev = self.whoami or fetch(self.t, self.t.mount + "/_hokusai/whoami")
         if ev.status != 200 or ev.marker != "whoami":
-            raise Failed(f"{ev.status} {ev.marker or ''}".strip(), diagnose(ev, self.t))
+            sent = " (the key sent as Authorization: Bearer)" if ev.marker == "missing" else ""
+            raise Failed(f"{ev.status} {ev.marker or ''}".strip() + sent, self.diagnose(ev))
         me = ev.json()
         return (f"key {me.get('key_id')} of user {me.get('user_id')}, service_id {me.get('service_id')}, "
                 f"route {me.get('route')}, found in {me.get('key_source')}")
@@ -136,7 +149,7 @@ class Checks:
             return Diagnosis("identity assertion", "the key service gives this key no user_id, so the gateway "
                                                    "signs no identity for it and MLflow refuses the request "
                                                    f"({ev.json().get('message')!r}): give the key a user_id")
-        return diagnose(ev, self.t)
+        return self.diagnose(ev)
 
     def same_user(self, ev: Evidence, user_id: str | None, key_is_admin: bool) -> str:
         user = ev.json().get("user")
@@ -162,11 +175,11 @@ class Checks:
     def rate_limit(self) -> str:
         ev = fetch(self.t, self.t.mount + API_SEARCH)
         if ev.marker == "rate_limited" or ev.headers.get("x-ratelimit-remaining") == "0":
-            raise Failed("no requests left this hour", diagnose(ev, self.t) if ev.marker else Diagnosis(
+            raise Failed("no requests left this hour", self.diagnose(ev) if ev.marker else Diagnosis(
                 "rate limit", f"the key is at its hourly limit until {reset_time(ev)}"))
         if "x-ratelimit-limit" not in ev.headers:
             if ev.status != 200:
-                raise Failed(f"{ev.status}", diagnose(ev, self.t))
+                raise Failed(f"{ev.status}", self.diagnose(ev))
             raise Skipped("no X-RateLimit headers: the filter's rate limit is off on this route")
         h = ev.headers
         return (f"limit {h['x-ratelimit-limit']}/hour, {h.get('x-ratelimit-remaining')} left, window ends "
