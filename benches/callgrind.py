@@ -89,7 +89,6 @@ def worker_instructions(out: Path) -> int:
 def measure(row: Row, work: Path, echo, keys, n: int, warm: int) -> float:
     port = harness.free_port()
     options = replace(envoy_options(row, work, echo.port, keys.port), listen_port=port)
-    native = options.native
     # Rendered by the harness (then stopped), run again under valgrind.
     envoy = harness.Envoy(work, options, name=f"cg-{row.name}")
     config = envoy.config_path
@@ -101,7 +100,7 @@ def measure(row: Row, work: Path, echo, keys, n: int, warm: int) -> float:
          f"--callgrind-out-file={out}", str(harness.envoy_binary()), "-c", str(config), "--concurrency", "1",
          "--disable-hot-restart", "-l", "warning"],
         stdout=log, stderr=subprocess.STDOUT,
-        env=dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(native.parent)))
+        env={**os.environ, **harness.envoy_environment(options)})
     try:
         conn = first_ok(port, 300)
         for _ in range(warm):
