@@ -30,6 +30,24 @@ def render_template(row_filter: str, workdir: Path) -> Path:
     return path
 
 
+# What the filter does on a cache hit beside the key check: the MLflow mount
+# stripped from the path, the key's id added for the upstream (api_key_auth
+# adds the user and removes the key itself).
+MOUNT = "/api/mlflow/"
+KEY_ID_HEADER = "x-hokusai-api-key-id"
+
+
+def like_the_filter(boot: dict) -> None:
+    """The bench route as a config-only equivalent of the filter's hit."""
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    vhost["routes"] = [
+        {"match": {"prefix": MOUNT},
+         "route": {"cluster": "mlflow", "timeout": "60s", "prefix_rewrite": "/"},
+         "request_headers_to_add": [{"header": {"key": KEY_ID_HEADER, "value": "k_bench_hot"}}]},
+    ] + vhost["routes"]
+
+
 def envoy_options(row: Row, workdir: Path, upstream_port: int, auth_port: int, concurrency: int = 1,
                   ratelimit_port: int | None = None) -> harness.EnvoyOptions:
     """The bench's Envoy for a row: its filter snippet, its build, its plugin config."""
@@ -42,6 +60,7 @@ def envoy_options(row: Row, workdir: Path, upstream_port: int, auth_port: int, c
         concurrency=concurrency, log_level="warning", template=render_template(row.filter, workdir),
         extra_vars=extra, ratelimit_port=ratelimit_port, filter="native" if row.native else "wasm",
         native=row.so or harness.NATIVE, signing=signing,
+        edit=like_the_filter if row.like_filter else None,
     )
 
 
@@ -81,6 +100,8 @@ def check_row(ctx: Ctx, row: Row, envoy: harness.Envoy):
         raise Failed(f"good key: upstream got no identity header: {sorted(up)}")
     if row.hides_key and "authorization" in up:
         raise Failed("good key: the key reached the upstream")
+    if row.like_filter and (up.get(KEY_ID_HEADER) != "k_bench_hot" or seen[-1]["path"].startswith(MOUNT)):
+        raise Failed(f"good key: no key id or the mount not stripped: {seen[-1]['path']} {sorted(up)}")
     if row.signing and up.get("x-hokusai-identity", "").count(".") != 2:
         raise Failed(f"good key: upstream got no signed identity: {sorted(up)}")
     for what, headers in (("wrong key", bearer(WRONG_KEY)), ("no key", {})):

@@ -79,6 +79,9 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     v = native.get("cpu_x_api_key_auth")
     check("native cache hit ≤ 1.05× api_key_auth Envoy CPU/request", v, v is not None and v <= 1.05,
           f"{fmt(v, '.3f')}× (the no-op dynamic module: {fmt(floor, '.3f')}×)")
+    like = native.get("cpu_x_api_key_auth_like")
+    check("native cache hit ≤ 1.05× the native-equivalent row (api_key_auth + prefix_rewrite + key-id header) "
+          "Envoy CPU/request", like, like is not None and like <= 1.05, f"{fmt(like, '.3f')}×")
     v = native.get("rps_x_ext_authz")
     ceiling = summary.get("none", {}).get("rps_x_ext_authz")
     check("native cache hit ≥ 2× the ext_authz row's req/s (stand-in instant)", v, v is not None and v >= 2,

@@ -35,6 +35,7 @@ class Row:
     native: bool = False  # the native build (dynamic module) instead of the .wasm
     so: Path | None = None  # that build's .so (default: harness.NATIVE)
     signing: bool = False  # the filter signs the identity assertion (x-hokusai-identity)
+    like_filter: bool = False  # the route also rewrites the path and adds the key id, as the filter does
 
 
 def hokusai_config(rate_limit: bool = False, routes: bool = False, global_limit: bool = False) -> dict:
@@ -82,6 +83,9 @@ def base_rows(hw: Path) -> list[Row]:
             native=True),
         Row("api_key_auth", "native api_key_auth (static key list)", "api-key-auth",
             auth=True, identity=True, hides_key=True),
+        Row("api_key_auth_like", "native api_key_auth + the route's prefix_rewrite and key-id header "
+            "(a hit's work, in Envoy's config)", "api-key-auth", auth=True, identity=True, hides_key=True,
+            like_filter=True),
         Row("hit", "hokusai, cache hit", "hokusai", wasm=hw, config=hokusai_config(False),
             auth=True, identity=True, hides_key=True),
         Row("native_hit", "hokusai native (dynamic module), cache hit", "hokusai", config=hokusai_config(False),

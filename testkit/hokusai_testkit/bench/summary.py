@@ -28,7 +28,8 @@ def summarize(results: list[dict], all_rows: list[Row]) -> dict:
               "callouts_per_req", "vmhwm_kb",
               "c1_p50_us", "c1_p99_us")}
         s["rounds"] = len(mine)
-        for base in ("none", "noop", "api_key_auth", "hit", "native_hit", "miss", "native_miss"):
+        for base in ("none", "noop", "api_key_auth", "api_key_auth_like", "hit", "native_hit", "miss",
+                     "native_miss"):
             rps_x, cpu_x, cpu_d, p99_d, c1_d = [], [], [], [], []
             for rr in by_round.values():
                 if row.name in rr and base in rr:
