@@ -154,6 +154,19 @@ def fleet(stack: LocalStack) -> str:
     return f"\n{len(stack.urls)} gateway replicas, {counting}:\n{lines}\n"
 
 
+def supervise(stack: LocalStack):
+    """Returns when a part of the stack exits, but for Redis and the rate
+    limit service: those are restarted, so that stopping one rehearses the
+    fleet's outage (the gateways answer by their failure_mode meanwhile)."""
+    while True:
+        time.sleep(0.5)
+        for name in stack.revive_dependencies():
+            print(f"{name} exited: restarted on the same port (the gateways used their "
+                  f"failure_mode while it was down)", flush=True)
+        if not all(p.proc.alive() for p in stack.owned):
+            return
+
+
 def main():
     args = parse_args()
     data = args.data.resolve()
@@ -180,8 +193,7 @@ def main():
         sys.exit(1)
     stack.owned.insert(0, keysvc)
     print(banner(stack, data, keys), flush=True)
-    while all(p.proc.alive() for p in stack.owned):
-        time.sleep(0.5)
+    supervise(stack)
     dead = [p.proc.name for p in stack.owned if not p.proc.alive()]
     print(f"{', '.join(dead)} exited; see the logs in {data}", file=sys.stderr)
     stack.stop()

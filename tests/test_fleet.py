@@ -193,3 +193,35 @@ def test_a_service_that_never_answers_costs_one_timeout(replicas, keys):
         assert e.stat("cluster.hokusai_ratelimit.upstream_rq_timeout") == 2
         assert e.stat("wasmcustom.hokusai_auth.ratelimit.fallback.deny") == 2
     assert_healthy(envoys)
+
+
+def test_the_dev_stack_restarts_a_dead_dependency_on_its_port(workdir, keysvc):
+    """scripts/stack.py --replicas 2 --global-rate-limit: Redis or the rate
+    limit service exiting is restarted, not the end of the stack, so that
+    an operator can rehearse the fleet's outage."""
+    from hokusai_testkit.local_stack import LocalStack, Switches
+
+    stack = LocalStack(workdir / "revive", Switches(replicas=2, global_rate_limit=True, ownership=False),
+                       name="revive", keysvc=keysvc)
+    try:
+        redis, rls = stack.dependencies
+        ports = (redis.port, rls.port)
+        url = stack.urls[1] + "/api/mlflow/api/2.0/mlflow/experiments/search?max_results=1"
+        auth = {"Authorization": f"Bearer {harness.RW_KEY}"}
+        before = requests.get(url, headers=auth, timeout=10)
+        assert before.status_code == 200, before.text
+        assert stack.revive_dependencies() == [], "nothing to restart while both live"
+        redis.proc.p.kill()
+        rls.proc.p.kill()
+        harness.wait_until("both exited", lambda: not redis.proc.alive() and not rls.proc.alive(), timeout=10)
+        assert sorted(stack.revive_dependencies()) == sorted([redis.proc.name, rls.proc.name])
+        assert (redis.port, rls.port) == ports and redis.proc.alive() and rls.proc.alive()
+        # Counted again by the restarted service (Redis restarts empty).
+        after = harness.wait_until(
+            "the rate limit service answering the gateway",
+            lambda: (r := requests.get(url, headers=auth, timeout=10)).status_code == 200
+            and "x-ratelimit-remaining" in r.headers and r, timeout=20)
+        assert int(after.headers["x-ratelimit-remaining"]) >= int(before.headers["x-ratelimit-remaining"])
+        assert all(e.alive() for e in stack.envoys), "the gateways were never stopped"
+    finally:
+        stack.stop()

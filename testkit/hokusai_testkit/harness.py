@@ -188,16 +188,26 @@ class StandIn:
         if not STANDIN.exists():
             raise RuntimeError(f"{STANDIN} is missing: run `cargo build --release -p hokusai-standin`")
         name = name or f"standin-{kind}"
-        cmd = [str(STANDIN), kind, "--listen", f"127.0.0.1:{port}"]
+        self.args = [kind]
         if kind == "ratelimit":
-            cmd += ["--redis", redis_url]
+            self.args += ["--redis", redis_url]
         if kind == "keys":
             keys_file = workdir / f"{name}-keys.json"
             keys_file.write_text(json.dumps(keys if keys is not None else DEV_KEYS))
-            cmd += ["--keys", str(keys_file)]
-        self.proc = Proc(name, cmd, workdir)
-        self.port = self.proc.read_listening()
+            self.args += ["--keys", str(keys_file)]
+        self.name, self.workdir = name, workdir
+        self.start(port)
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, port: int):
+        cmd = [str(STANDIN), self.args[0], "--listen", f"127.0.0.1:{port}", *self.args[1:]]
+        self.proc = Proc(self.name, cmd, self.workdir)
+        self.port = self.proc.read_listening()
+
+    def restart(self):
+        """Back on the same port (the keys file as it is now)."""
+        self.proc.stop()
+        self.start(self.port)
 
     # --- key service control ---
     def stats(self) -> dict:

@@ -170,6 +170,7 @@ class LocalStack:
                  listen_port: int = 0, mlflow_dir: Path | None = None):
         self.s = switches or Switches()
         self.owned: list = []
+        self.dependencies: list = []  # what revive_dependencies restarts
         try:
             self.keysvc = keysvc or self.own(harness.StandIn("keys", workdir, name=f"{name}-keys"))
             data = mlflow_dir or workdir / f"{name}-mlflow"
@@ -205,7 +206,17 @@ class LocalStack:
             return None
         self.redis = self.own(harness.Redis(workdir, name=f"{name}-redis"))
         rls = self.own(harness.StandIn("ratelimit", workdir, redis_url=self.redis.url, name=f"{name}-ratelimit"))
+        self.dependencies = [self.redis, rls]
         return rls.port
+
+    def revive_dependencies(self) -> list[str]:
+        """Restarts Redis or the rate limit service if one exited (on its
+        port: the gateways keep their clusters), so that an outage can be
+        rehearsed; the names of those restarted."""
+        dead = [d for d in self.dependencies if not d.proc.alive()]
+        for d in dead:
+            d.restart()
+        return [d.proc.name for d in dead]
 
     def start_envoy(self, workdir: Path, name: str, listen_port: int):
         upstream = self.mlflow.port if self.mlflow else harness.free_port()
