@@ -30,5 +30,6 @@ pub mod host;
 pub mod main_thread;
 pub mod module;
 pub mod shared;
+mod sync;
 #[cfg(test)]
 mod tests;

@@ -4,8 +4,9 @@
 //! verdict cached on one worker is a hit on all. The lock is held only to
 //! copy a value in or out, never across a call into Envoy.
 
+use crate::sync::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 
 #[derive(Default)]
 pub struct SharedData {
@@ -69,5 +70,67 @@ mod tests {
         assert_eq!(s.get("k").0.as_deref(), Some(&b"b"[..]));
         assert!(s.set("k", b"d", None), "no version: unconditional");
         assert_eq!(s.get("k").0.as_deref(), Some(&b"d"[..]));
+    }
+}
+
+/// The store model-checked with loom (`scripts/loom.sh`).
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::SharedData;
+    use loom::thread;
+    use std::sync::Arc;
+
+    /// (e) A refresh-ahead answer (Envoy's main thread) and a flight's
+    /// answer (a worker) store the same key's verdict, unconditionally, as
+    /// `VerdictCache::store` does, while another worker reads it: whole
+    /// values only, and both writes counted.
+    #[test]
+    fn a_refresh_landing_beside_a_flight_stores_whole_verdicts() {
+        loom::model(|| {
+            let s = Arc::new(SharedData::default());
+            let store = |value: &'static [u8]| {
+                let s = Arc::clone(&s);
+                thread::spawn(move || assert!(s.set("v", value, None)))
+            };
+            let (refresh, flight) = (store(b"refreshed"), store(b"answered"));
+            let (seen, cas) = s.get("v");
+            assert!(matches!(
+                seen.as_deref(),
+                None | Some(b"refreshed") | Some(b"answered")
+            ));
+            assert!(cas.is_none() || cas == Some(1) || cas == Some(2));
+            refresh.join().unwrap();
+            flight.join().unwrap();
+            let (last, cas) = s.get("v");
+            assert!(matches!(
+                last.as_deref(),
+                Some(b"refreshed") | Some(b"answered")
+            ));
+            assert_eq!(cas, Some(2));
+        });
+    }
+
+    /// Two workers charge one rate-limit window (an existing one) with the
+    /// compare-and-swap loop of `limits::local`: no charge is lost.
+    #[test]
+    fn compare_and_swap_loses_no_charge() {
+        loom::model(|| {
+            let s = Arc::new(SharedData::default());
+            assert!(s.set("w", &[0], None));
+            let charge = || {
+                let s = Arc::clone(&s);
+                thread::spawn(move || loop {
+                    let (value, cas) = s.get("w");
+                    let n = value.and_then(|v| v.first().copied()).unwrap_or(0);
+                    if s.set("w", &[n + 1], cas) {
+                        return;
+                    }
+                })
+            };
+            let (a, b) = (charge(), charge());
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(s.get("w").0, Some(vec![2]));
+        });
     }
 }
