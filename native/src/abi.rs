@@ -5,6 +5,7 @@
 //! closed (503) and never crosses into Envoy.
 
 use crate::envoy::{Attribute, CalloutReply, Envoy, Wake};
+use crate::grpc::GrpcHeaders;
 use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig};
 use fnv::FnvHashMap;
@@ -704,7 +705,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(fm: ModuleP
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     _f: EnvoyPtr,
     fm: ModulePtr,
-    _callout_id: u64,
+    callout_id: u64,
     result: u32,
     headers: *const Header,
     headers_size: usize,
@@ -718,9 +719,34 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
         (),
         || filter.fail_closed(),
         || {
+            let grpc = grpc_headers(result, (headers, headers_size));
             let reply = callout_reply(result, (headers, headers_size), (chunks, chunks_size));
-            filter.on_callout_done(reply);
+            filter.on_callout_done(callout_id, reply, &grpc);
         },
+    )
+}
+
+/// SAFETY: an array Envoy passed to `http_callout_done`, valid for the call.
+unsafe fn header_slice<'a>(headers: *const Header, n: usize) -> &'a [Header] {
+    if headers.is_null() {
+        &[]
+    } else {
+        std::slice::from_raw_parts(headers, n)
+    }
+}
+
+/// What the reply's headers say of gRPC. Envoy hands a callout's headers
+/// and body, not its trailers: a `grpc-status` is seen only in the headers
+/// of a trailers-only reply (`grpc`).
+/// SAFETY: an array Envoy passed to `http_callout_done`, valid for the call.
+unsafe fn grpc_headers(result: u32, (headers, n): (*const Header, usize)) -> GrpcHeaders {
+    if result != CALLOUT_SUCCESS {
+        return GrpcHeaders::default();
+    }
+    GrpcHeaders::read(
+        header_slice(headers, n)
+            .iter()
+            .map(|h| (h.key.bytes(), h.value.bytes())),
     )
 }
 
@@ -733,11 +759,7 @@ unsafe fn callout_reply(
     if result != CALLOUT_SUCCESS {
         return CalloutReply::default();
     }
-    let headers: &[Header] = if headers.is_null() {
-        &[]
-    } else {
-        std::slice::from_raw_parts(headers, n)
-    };
+    let headers = header_slice(headers, n);
     let chunks: &[Buffer] = if chunks.is_null() {
         &[]
     } else {

@@ -9,6 +9,7 @@
 
 use crate::coalesce::{callout_digest, CalloutDigest, Callouts, Joiner, Role};
 use crate::envoy::{Attribute, CalloutReply, Envoy};
+use crate::grpc;
 use crate::main_thread::MainThread;
 use crate::shared::SharedData;
 use fnv::FnvHashMap;
@@ -16,7 +17,7 @@ use hokusai_mlflow_auth::RefreshJob;
 use hokusai_mlflow_auth::Reply;
 use hokusai_mlflow_auth::{Counter, StatIds};
 use hokusai_mlflow_auth::{Headers, Host};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +50,13 @@ pub struct NativeHost<E: Envoy> {
     deferred: RefCell<Vec<(E, Deferred)>>,
     /// The callout answer being delivered (taken by `callout_reply`).
     reply: RefCell<CalloutReply>,
+    /// The rate limit calls under way, by stream: (callout id, the token
+    /// the core was given).
+    grpc_calls: RefCell<FnvHashMap<u32, Vec<(u64, u32)>>>,
+    /// The last token given out (never 0).
+    grpc_token: Cell<u32>,
+    /// The gRPC message being delivered (taken by `grpc_reply`).
+    grpc_reply: RefCell<Vec<u8>>,
 }
 
 impl<E: Envoy> NativeHost<E> {
@@ -61,6 +69,9 @@ impl<E: Envoy> NativeHost<E> {
             calls: RefCell::default(),
             deferred: RefCell::default(),
             reply: RefCell::default(),
+            grpc_calls: RefCell::default(),
+            grpc_token: Cell::new(0),
+            grpc_reply: RefCell::default(),
         }
     }
 
@@ -72,6 +83,7 @@ impl<E: Envoy> NativeHost<E> {
     /// answer, or it stops waiting for another's.
     pub fn unregister(&self, ctx: u32) {
         self.streams.borrow_mut().remove(&ctx);
+        self.grpc_calls.borrow_mut().remove(&ctx);
         match self.calls.borrow_mut().remove(&ctx) {
             Some(Call::Own { flight, .. }) => {
                 Callouts::process().land(&flight, &CalloutReply::default());
@@ -92,6 +104,24 @@ impl<E: Envoy> NativeHost<E> {
 
     pub fn put_call(&self, ctx: u32, call: Call) {
         self.calls.borrow_mut().insert(ctx, call);
+    }
+
+    /// The token of `ctx`'s rate limit call `id`, if it is one (then no
+    /// longer under way).
+    pub fn take_grpc_call(&self, ctx: u32, id: u64) -> Option<u32> {
+        let mut calls = self.grpc_calls.borrow_mut();
+        let mine = calls.get_mut(&ctx)?;
+        let at = mine.iter().position(|(i, _)| *i == id)?;
+        let (_, token) = mine.swap_remove(at);
+        if mine.is_empty() {
+            calls.remove(&ctx);
+        }
+        Some(token)
+    }
+
+    /// The message `grpc_reply` gives next.
+    pub fn set_grpc_reply(&self, message: Vec<u8>) {
+        *self.grpc_reply.borrow_mut() = message;
     }
 
     /// The answer `callout_reply` gives next.
@@ -211,14 +241,42 @@ impl<E: Envoy> Host for NativeHost<E> {
         (reply.status, body)
     }
 
-    /// Envoy's dynamic modules have no gRPC callout: the global rate limit
-    /// is refused at configuration time in this build.
-    fn dispatch_grpc(&self, _: &str, _: &str, _: &str, _: &[u8], _: Duration) -> Option<u32> {
-        None
+    /// Envoy's dynamic modules have no gRPC callout: the unary call goes as
+    /// an HTTP/2 callout to the target's cluster (`grpc`), never coalesced
+    /// (each one charges a request).
+    fn dispatch_grpc(
+        &self,
+        target: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Option<u32> {
+        let cluster = grpc::cluster_of(target)?;
+        let path = format!("/{service}/{method}");
+        let (headers, body) = grpc::request(&path, cluster, message)?;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let (ctx, id) = self.with_current(|ctx, e| {
+            e.callout(cluster, &headers, &body, timeout_ms)
+                .map(|id| (ctx, id))
+        })??;
+        let token = self.grpc_token.get().checked_add(1).unwrap_or(1);
+        self.grpc_token.set(token);
+        self.grpc_calls
+            .borrow_mut()
+            .entry(ctx)
+            .or_default()
+            .push((id, token));
+        Some(token)
     }
 
-    fn grpc_reply(&self, _size: usize, _max: usize) -> Vec<u8> {
-        Vec::new()
+    fn grpc_reply(&self, _size: usize, max: usize) -> Vec<u8> {
+        let message = self.grpc_reply.take();
+        if message.len() <= max {
+            message
+        } else {
+            Vec::new()
+        }
     }
 
     fn queue_refresh(&self, job: RefreshJob) -> bool {

@@ -26,6 +26,7 @@
 mod abi;
 pub mod coalesce;
 pub mod envoy;
+pub mod grpc;
 pub mod host;
 pub mod main_thread;
 pub mod module;

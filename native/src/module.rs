@@ -4,6 +4,7 @@
 //! fake; `abi` drives it with Envoy.
 
 use crate::envoy::{CalloutReply, Envoy};
+use crate::grpc::GrpcHeaders;
 use crate::host::{Call, NativeHost};
 use crate::main_thread::MainThread;
 use hokusai_mlflow_auth::Config;
@@ -31,8 +32,7 @@ impl ModuleConfig {
         bytes: &[u8],
         define: impl FnMut(StatKind, &str) -> Option<usize>,
     ) -> Result<ModuleConfig, String> {
-        let cfg = Config::parse(bytes)?;
-        refuse_global_rate_limit(&cfg)?;
+        Config::parse(bytes)?;
         Ok(ModuleConfig {
             bytes: bytes.to_vec(),
             metrics: Arc::new(StatIds::define(define)),
@@ -87,22 +87,6 @@ impl ModuleConfig {
         if let Some(w) = worker {
             w.complete_refresh(host.as_ref(), &refresh, reply.status, &reply.body);
         }
-    }
-}
-
-/// The rate limit service speaks gRPC, and dynamic modules have no gRPC
-/// callout: a configuration that needs it is refused, naming the rule.
-fn refuse_global_rate_limit(cfg: &Config) -> Result<(), String> {
-    match cfg
-        .policies()
-        .find(|p| p.rate_limit.as_ref().is_some_and(|l| l.global.is_some()))
-    {
-        Some(p) => Err(format!(
-            "rate_limit.mode: \"global\" (policy {}) needs the wasm build: \
-             Envoy's dynamic modules have no gRPC callout",
-            p.name
-        )),
-        None => Ok(()),
     }
 }
 
@@ -171,9 +155,17 @@ impl<E: Envoy> Filter<E> {
         self.with(|s, h| s.on_response_headers(h));
     }
 
-    /// This stream's callout answered: its joiners on other workers get the
-    /// same answer.
-    pub fn on_callout_done(&self, reply: CalloutReply) {
+    /// This stream's callout `id` answered: a rate limit call's reply goes
+    /// to the charge it was for; the key service's to its joiners on other
+    /// workers too.
+    pub fn on_callout_done(&self, id: u64, reply: CalloutReply, grpc: &GrpcHeaders) {
+        if let Some(token) = self.host.take_grpc_call(self.ctx, id) {
+            let (status, message) = crate::grpc::reply(reply, grpc);
+            let size = message.len();
+            self.host.set_grpc_reply(message);
+            self.with(|s, h| s.on_charge_reply(h, token, status, size));
+            return;
+        }
         if let Some(Call::Own { flight, .. }) = self.host.take_call(self.ctx) {
             crate::coalesce::Callouts::process().land(&flight, &reply);
         }

@@ -3,6 +3,7 @@
 //! across workers, and a panic's 503.
 
 use crate::envoy::{Attribute, CalloutReply, CountWakes, Envoy, Wake};
+use crate::grpc::GrpcHeaders;
 use crate::host::NativeHost;
 use crate::module::{Filter, ModuleConfig};
 use hokusai_mlflow_auth::Headers;
@@ -36,7 +37,11 @@ struct Stream {
     /// The filter, for the fake to re-enter it as Envoy does.
     filter: RefCell<Weak<Filter<Fake>>>,
     wakes: Arc<AtomicUsize>,
+    /// Every callout as sent: cluster, headers, body.
+    sent: RefCell<Vec<Sent>>,
 }
+
+type Sent = (String, Vec<(String, String)>, Vec<u8>);
 
 #[derive(Clone, Default)]
 struct Fake(Rc<Stream>);
@@ -96,9 +101,16 @@ impl Envoy for Fake {
     fn continue_decoding(&self) {
         self.note(Call::Continue);
     }
-    fn callout(&self, cluster: &str, _: &[(&str, &str)], _: &[u8], _: u64) -> Option<u64> {
+    fn callout(&self, cluster: &str, headers: &[(&str, &str)], body: &[u8], _: u64) -> Option<u64> {
         self.note(Call::Callout(cluster.into()));
-        Some(7)
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut sent = self.0.sent.borrow_mut();
+        sent.push((cluster.into(), headers, body.to_vec()));
+        // Envoy's ids: one per callout of the stream.
+        Some(sent.len() as u64)
     }
     fn attribute(&self, _: Attribute) -> Option<String> {
         None
@@ -163,10 +175,14 @@ fn a_valid_key_is_resumed_after_its_headers_are_set() {
     let fake = Fake::new(&unique_key(), PATH);
     let f = filter(1, &fake, &state);
     assert!(!f.on_request_headers(), "paused for the callout");
-    f.on_callout_done(CalloutReply {
-        status: Some(200),
-        body: GRANT.to_vec(),
-    });
+    f.on_callout_done(
+        1,
+        CalloutReply {
+            status: Some(200),
+            body: GRANT.to_vec(),
+        },
+        &GrpcHeaders::default(),
+    );
     let calls = fake.calls();
     assert!(calls.contains(&Call::Callout("hokusai_auth".into())));
     assert!(
@@ -204,10 +220,14 @@ fn a_refusal_reenters_without_a_second_borrow_and_completes_once() {
     let fake = Fake::new(&unique_key(), PATH);
     let f = filter(1, &fake, &state);
     assert!(!f.on_request_headers());
-    f.on_callout_done(CalloutReply {
-        status: Some(401),
-        body: Vec::new(),
-    });
+    f.on_callout_done(
+        1,
+        CalloutReply {
+            status: Some(401),
+            body: Vec::new(),
+        },
+        &GrpcHeaders::default(),
+    );
     let sent: Vec<_> = fake
         .calls()
         .into_iter()
@@ -249,10 +269,14 @@ fn a_second_worker_joins_the_first_workers_callout() {
         !b.calls().contains(&Call::Continue),
         "not woken yet: nothing happens"
     );
-    fa.on_callout_done(CalloutReply {
-        status: Some(200),
-        body: GRANT.to_vec(),
-    });
+    fa.on_callout_done(
+        1,
+        CalloutReply {
+            status: Some(200),
+            body: GRANT.to_vec(),
+        },
+        &GrpcHeaders::default(),
+    );
     assert_eq!(b.0.wakes.load(Ordering::SeqCst), 1, "the joiner is woken");
     fb.on_scheduled();
     assert!(a.calls().contains(&Call::Continue) && b.calls().contains(&Call::Continue));
@@ -294,7 +318,7 @@ fn fail_closed_answers_503_once() {
 }
 
 #[test]
-fn configuration_errors_name_the_field_and_global_limits_are_refused() {
+fn configuration_errors_name_the_field() {
     let err = |json: &str| {
         ModuleConfig::new(json.as_bytes(), |_, _| Some(0))
             .err()
@@ -302,11 +326,11 @@ fn configuration_errors_name_the_field_and_global_limits_are_refused() {
     };
     assert!(err(r#"{"auth": {"cluster": 5}}"#).contains("auth"));
     let global = r#"{"auth": {"cluster": "a", "service_id": "s"},
-        "rate_limit": {"mode": "global", "cluster": "rl"}}"#;
-    let e = err(global);
+        "rate_limit": {"mode": "global"}}"#;
     assert!(
-        e.contains("rate_limit.mode") && e.contains("wasm build"),
-        "{e}"
+        err(global).contains("rate_limit.cluster"),
+        "{}",
+        err(global)
     );
 }
 
@@ -340,13 +364,168 @@ fn the_body_waits_while_the_key_is_checked_and_goes_on_after() {
     assert!(!f.holds_request(), "nothing to wait for yet");
     assert!(!f.on_request_headers());
     assert!(f.holds_request(), "paused for the callout: the body waits");
-    f.on_callout_done(CalloutReply {
-        status: Some(200),
-        body: GRANT.to_vec(),
-    });
+    f.on_callout_done(
+        1,
+        CalloutReply {
+            status: Some(200),
+            body: GRANT.to_vec(),
+        },
+        &GrpcHeaders::default(),
+    );
     assert!(!f.holds_request(), "resumed: the body follows");
     let refused = Fake::new(&unique_key(), PATH);
     let g = filter(2, &refused, &state);
     g.fail_closed();
     assert!(g.holds_request(), "refused by the filter: nothing goes on");
+}
+
+const GLOBAL: &str = r#"{"auth": {"cluster": "hokusai_auth", "service_id": "platform"},
+    "mlflow": {"mount_prefixes": ["/api/mlflow"]},
+    "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit", "failure_mode": "deny"}}"#;
+const GRANT_40: &[u8] =
+    br#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read"], "rate_limit_per_hour": 40}"#;
+
+/// A stream of the global-mode config, its key accepted: the rate limit
+/// call it then sent.
+fn charged(over: bool) -> (Fake, Rc<Filter<Fake>>, Sent, Vec<u8>) {
+    let cfg = ModuleConfig::new(GLOBAL.as_bytes(), |_, _| Some(0)).unwrap();
+    let state = worker(&cfg);
+    let fake = Fake::new(&unique_key(), PATH);
+    let f = filter(1, &fake, &state);
+    assert!(!f.on_request_headers());
+    f.on_callout_done(
+        1,
+        CalloutReply {
+            status: Some(200),
+            body: GRANT_40.to_vec(),
+        },
+        &GrpcHeaders::default(),
+    );
+    assert!(
+        !fake.calls().contains(&Call::Continue),
+        "waits for the charge"
+    );
+    let sent = fake
+        .0
+        .sent
+        .borrow()
+        .get(1)
+        .cloned()
+        .expect("a rate limit call");
+    // envoy.service.ratelimit.v3.RateLimitResponse, by hand: overall_code,
+    // one status with its current_limit (40/hour), limit_remaining 39 (0
+    // if over) and duration_until_reset 600 s.
+    let (code, left) = if over { (2, 0) } else { (1, 39) };
+    let status = [
+        0x08, code, 0x12, 0x04, 0x08, 40, 0x10, 0x03, 0x18, left, 0x22, 0x03, 0x08, 0xd8, 0x04,
+    ];
+    let mut message = vec![0x08, code, 0x12, status.len() as u8];
+    message.extend_from_slice(&status);
+    (fake, f, sent, message)
+}
+
+fn framed(message: &[u8]) -> Vec<u8> {
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    body
+}
+
+fn grpc_ok() -> GrpcHeaders {
+    GrpcHeaders::read([(&b"content-type"[..], &b"application/grpc"[..])].into_iter())
+}
+
+#[test]
+fn global_mode_sends_should_rate_limit_as_a_framed_http2_post() {
+    let (_fake, _f, (cluster, headers, body), _) = charged(false);
+    assert_eq!(cluster, "hokusai_ratelimit");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header(":method"), Some("POST"));
+    assert_eq!(
+        header(":path"),
+        Some("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit")
+    );
+    assert_eq!(header(":authority"), Some("hokusai_ratelimit"));
+    assert_eq!(header("content-type"), Some("application/grpc"));
+    assert_eq!(header("te"), Some("trailers"));
+    assert_eq!(body[0], 0, "not compressed");
+    let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    assert_eq!(len, body.len() - 5, "the frame's length is the message's");
+    let message = String::from_utf8_lossy(&body[5..]);
+    assert!(message.contains("hokusai-mlflow") && message.contains("k_1"));
+}
+
+#[test]
+fn global_mode_goes_on_when_the_service_counts_the_request() {
+    let (fake, f, _, message) = charged(false);
+    f.on_callout_done(
+        2,
+        CalloutReply {
+            status: Some(200),
+            body: framed(&message),
+        },
+        &grpc_ok(),
+    );
+    assert!(fake.calls().contains(&Call::Continue), "{:?}", fake.calls());
+    assert!(!fake.calls().iter().any(|c| matches!(c, Call::Send(..))));
+}
+
+#[test]
+fn global_mode_answers_429_when_the_service_says_over_limit() {
+    let (fake, f, _, message) = charged(true);
+    f.on_callout_done(
+        2,
+        CalloutReply {
+            status: Some(200),
+            body: framed(&message),
+        },
+        &grpc_ok(),
+    );
+    assert!(
+        fake.calls()
+            .iter()
+            .any(|c| matches!(c, Call::Send(429, b) if b.contains("RESOURCE_EXHAUSTED"))),
+        "{:?}",
+        fake.calls()
+    );
+    assert!(!fake.calls().contains(&Call::Continue));
+}
+
+#[test]
+fn global_mode_fails_to_the_failure_mode_on_a_trailers_only_error_or_a_bad_frame() {
+    let unavailable = GrpcHeaders::read(
+        [
+            (&b"content-type"[..], &b"application/grpc"[..]),
+            (&b"grpc-status"[..], &b"14"[..]),
+        ]
+        .into_iter(),
+    );
+    let (_, _, _, message) = charged(false);
+    let mut compressed = framed(&message);
+    compressed[0] = 1;
+    let replies = [
+        (Some(200), Vec::new(), unavailable),
+        (Some(200), compressed, grpc_ok()),
+        (Some(200), message.clone(), grpc_ok()),
+        (Some(200), framed(&message), GrpcHeaders::default()),
+        (Some(503), framed(&message), grpc_ok()),
+        (None, Vec::new(), GrpcHeaders::default()),
+    ];
+    for (status, body, grpc) in replies {
+        let (fake, f, _, _) = charged(false);
+        f.on_callout_done(2, CalloutReply { status, body }, &grpc);
+        let calls = fake.calls();
+        assert!(
+            calls
+                .iter()
+                .any(|c| matches!(c, Call::Send(503, b) if b.contains("TEMPORARILY_UNAVAILABLE"))),
+            "failure_mode deny: {status:?} {grpc:?} {calls:?}"
+        );
+        assert!(!calls.contains(&Call::Continue));
+    }
 }
