@@ -89,7 +89,7 @@ impl Worker {
             digests: KeyDigests::new(cfg.cache.slots as usize),
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
-            assertions: Tokens::new(cfg.cache.slots as usize),
+            assertions: Tokens::new(cfg.cache.slots),
             flights: RefCell::default(),
             refreshing: RefCell::new(Refreshing::new(cfg.cache.slots as usize)),
             charges: RefCell::default(),
@@ -680,7 +680,7 @@ impl Stream {
                 verdict_expires_ms: self.verdict_expires_ms,
                 now_ms: self.now_ms,
             };
-            if let Some(token) = worker.assertions.token(&request, id) {
+            if let Some(token) = worker.assertions.token(host, &request, id) {
                 host.add_request_header(&worker.cfg.identity_headers.assertion, &token);
             }
         }

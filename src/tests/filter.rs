@@ -1522,3 +1522,22 @@ fn an_unknown_endpoint_is_a_write_counted_each_time_and_logged_once() {
         "a known endpoint is not counted"
     );
 }
+
+#[test]
+fn a_second_worker_forwards_the_token_the_first_signed() {
+    let rig = Rig::with_env(ASSERTING, &signing_env);
+    rig.host.now.set(1_000_000);
+    let (id, s, _) = rig.bearer(RUNS_CREATE);
+    rig.reply(id, &s, Some(200), RW);
+    let token = rig.host.header(id, "x-hokusai-identity").unwrap();
+    let other = Rc::new(Worker::new(rig.worker.cfg.clone()).unwrap());
+    rig.host.now.set(1_030_000);
+    let auth = format!("Bearer {KEY}");
+    let (id2, _, flow) = rig.request_on(&other, "POST", RUNS_CREATE, &[("authorization", &auth)]);
+    assert_eq!(flow, Flow::Continue, "the verdict from shared data");
+    assert_eq!(
+        rig.host.header(id2, "x-hokusai-identity"),
+        Some(token),
+        "one signature for the process, not one per worker"
+    );
+}
