@@ -33,20 +33,7 @@ for v in "${VERSIONS[@]}"; do
   # The project's .venv runs pytest (requests, the harness); only the Envoy changes.
   ENVOY_BIN=$bin timeout 1800 .venv/bin/python -m pytest tests/test_envoy_filter.py -q -p no:cacheprovider \
     --junitxml="$dir/junit.xml" >"$dir/pytest.log" 2>&1 || true
-  counts=$(.venv/bin/python - "$dir/junit.xml" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except (OSError, ET.ParseError) as e:
-    print(f"- | - | - | no results ({e.__class__.__name__})"); sys.exit()
-suite = root if root.tag == "testsuite" else root.find("testsuite")
-n = lambda k: int(suite.get(k, 0))
-failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None or c.find("error") is not None]
-passed = n("tests") - n("failures") - n("errors") - n("skipped")
-names = ", ".join(failed[:3]) + (f" (+{len(failed) - 3} more)" if len(failed) > 3 else "")
-print(f"{passed} | {n('failures') + n('errors')} | {n('skipped')} | {names or 'ok'}")
-EOF
-)
+  counts=$(python3 scripts/junit-counts.py "$dir/junit.xml")
   if [[ $counts != *"| ok" ]]; then
     status=1
     tail -n 40 "$dir/pytest.log"

@@ -132,21 +132,7 @@ for v in "${VERSIONS[@]}"; do
   HOKUSAI_MLFLOW_PYTHON=$PWD/$py HOKUSAI_MLFLOW_OWNERSHIP=${ownership%% *} \
     timeout 3600 .venv/bin/python -m pytest "${tests[@]}" -q -p no:cacheprovider \
     --junitxml="$dir/junit.xml" >"$dir/pytest.log" 2>&1 || true
-  counts=$(.venv/bin/python - "$dir/junit.xml" <<'EOF'
-import sys, xml.etree.ElementTree as ET
-try:
-    root = ET.parse(sys.argv[1]).getroot()
-except (OSError, ET.ParseError) as e:
-    print(f"- | - | - | no results ({e.__class__.__name__})"); sys.exit()
-suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-n = lambda k: sum(int(s.get(k, 0)) for s in suites)
-failed = [c.get("name") for s in suites for c in s.iter("testcase")
-          if c.find("failure") is not None or c.find("error") is not None]
-passed = n("tests") - n("failures") - n("errors") - n("skipped")
-names = ", ".join(failed[:3]) + (f" (+{len(failed) - 3} more)" if len(failed) > 3 else "")
-print(f"{passed} | {n('failures') + n('errors')} | {n('skipped')} | {names or 'ok'}")
-EOF
-)
+  counts=$(python3 scripts/junit-counts.py "$dir/junit.xml")
   if [[ $counts != *"| ok" ]]; then
     status=1
     tail -n 40 "$dir/pytest.log"
