@@ -9,9 +9,9 @@
 
 use hokusai_mlflow_auth::Config;
 use hokusai_mlflow_auth::Counter;
-use hokusai_mlflow_auth::RefreshJob;
 use hokusai_mlflow_auth::Reply;
 use hokusai_mlflow_auth::{Flow, Stream, Worker};
+use hokusai_mlflow_auth::{GrpcCall, RefreshJob};
 use hokusai_mlflow_auth::{Headers, Host};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -61,7 +61,7 @@ impl Host for NullHost {
         self.dispatched.set(true);
         Some(1)
     }
-    fn dispatch_grpc(&self, _: &str, _: &str, _: &str, _: &[u8], _: Duration) -> Option<u32> {
+    fn dispatch_grpc(&self, _: &GrpcCall<'_>) -> Option<u32> {
         self.call();
         None
     }

@@ -3,8 +3,7 @@
 //! go through the `log` crate, whose logger each host installs.
 
 use crate::observability::metrics::Counter;
-use crate::types::RefreshJob;
-use crate::types::Reply;
+use crate::types::{GrpcCall, RefreshJob, Reply};
 use std::time::Duration;
 
 /// A header map as proxy-wasm serializes it (count, then name and value
@@ -147,16 +146,8 @@ pub trait Host {
     /// The `:status` of the callout reply being delivered (None: no headers,
     /// i.e. timeout or reset) and at most `max` bytes of its body.
     fn callout_reply(&self, body_size: usize, max: usize) -> (Option<u16>, Vec<u8>);
-    /// Starts a unary gRPC call to `target` (a serialized
-    /// `envoy.config.core.v3.GrpcService`); None if the host refused it.
-    fn dispatch_grpc(
-        &self,
-        target: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Option<u32>;
+    /// Starts a unary gRPC call; None if the host refused it.
+    fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Option<u32>;
     /// At most `max` bytes of the gRPC reply being delivered (empty if larger).
     fn grpc_reply(&self, size: usize, max: usize) -> Vec<u8>;
     /// Takes a re-validation to start outside any request; its answer goes

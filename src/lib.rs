@@ -47,5 +47,5 @@ pub use host::{Headers, Host};
 pub use observability::logging::{install as install_logger, EnvoyLog};
 pub use observability::metrics::{Counter, StatIds, StatKind};
 pub use outcome::denial::Denial;
-pub use types::{Refresh, RefreshJob, Reply};
+pub use types::{GrpcCall, Refresh, RefreshJob, Reply};
 pub use verdict::refresh::RefreshQueue;

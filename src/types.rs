@@ -24,6 +24,18 @@ impl Window {
     }
 }
 
+/// A unary gRPC call (the rate limit service's): its cluster by name and
+/// as Envoy's gRPC call takes it (a serialized `GrpcService`), so that each
+/// host uses the spelling its own call wants.
+pub struct GrpcCall<'a> {
+    pub cluster: &'a str,
+    pub target: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub message: &'a [u8],
+    pub timeout: Duration,
+}
+
 /// A reply the filter makes itself (a refusal, or whoami).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {

@@ -127,35 +127,6 @@ fn unframe(mut body: Vec<u8>) -> Option<Vec<u8>> {
     Some(body)
 }
 
-/// The cluster a serialized `envoy.config.core.v3.GrpcService` (the core's
-/// gRPC target: `envoy_grpc { cluster_name }`) names.
-pub fn cluster_of(target: &str) -> Option<&str> {
-    let inner = field_one(target.as_bytes())?;
-    let name = field_one(inner)?;
-    std::str::from_utf8(name).ok()
-}
-
-/// The bytes of field 1 (length-delimited) when it is the whole message.
-fn field_one(message: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = message.split_first()?;
-    if tag != 0x0a {
-        return None;
-    }
-    let (len, rest) = varint(rest)?;
-    (usize::try_from(len).ok()? == rest.len()).then_some(rest)
-}
-
-fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let mut value = 0u64;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, bytes.get(i + 1..)?));
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,20 +215,5 @@ mod tests {
         assert!(!read(&[(b"content-type", b"application/grpcx")]).is_grpc);
         assert!(!read(&[(b"content-type", b"text/html")]).is_grpc);
         assert!(!read(&[]).is_grpc);
-    }
-
-    #[test]
-    fn the_cluster_is_read_from_the_cores_target() {
-        // `hokusai_mlflow_auth`'s `limits::global::target("hokusai_ratelimit")`.
-        let name = "hokusai_ratelimit";
-        let mut inner = vec![0x0a, name.len() as u8];
-        inner.extend_from_slice(name.as_bytes());
-        let mut target = vec![0x0a, inner.len() as u8];
-        target.extend_from_slice(&inner);
-        let target = String::from_utf8(target).unwrap();
-        assert_eq!(cluster_of(&target), Some(name));
-        assert_eq!(cluster_of("hokusai_ratelimit"), None);
-        assert_eq!(cluster_of(""), None);
-        assert_eq!(cluster_of("\n\u{5}\n\u{9}x"), None);
     }
 }

@@ -13,9 +13,9 @@ use crate::grpc;
 use crate::main_thread::MainThread;
 use crate::shared::SharedData;
 use fnv::FnvHashMap;
-use hokusai_mlflow_auth::RefreshJob;
 use hokusai_mlflow_auth::Reply;
 use hokusai_mlflow_auth::{Counter, StatIds};
+use hokusai_mlflow_auth::{GrpcCall, RefreshJob};
 use hokusai_mlflow_auth::{Headers, Host};
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
@@ -244,20 +244,12 @@ impl<E: Envoy> Host for NativeHost<E> {
     /// Envoy's dynamic modules have no gRPC callout: the unary call goes as
     /// an HTTP/2 callout to the target's cluster (`grpc`), never coalesced
     /// (each one charges a request).
-    fn dispatch_grpc(
-        &self,
-        target: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Option<u32> {
-        let cluster = grpc::cluster_of(target)?;
-        let path = format!("/{service}/{method}");
-        let (headers, body) = grpc::request(&path, cluster, message)?;
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Option<u32> {
+        let path = format!("/{}/{}", call.service, call.method);
+        let (headers, body) = grpc::request(&path, call.cluster, call.message)?;
+        let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX);
         let (ctx, id) = self.with_current(|ctx, e| {
-            e.callout(cluster, &headers, &body, timeout_ms)
+            e.callout(call.cluster, &headers, &body, timeout_ms)
                 .map(|id| (ctx, id))
         })??;
         let token = self.grpc_token.get().checked_add(1).unwrap_or(1);

@@ -10,6 +10,7 @@ use crate::host::Host;
 use crate::limits::global::{self, Answer};
 use crate::observability::metrics::Counter;
 use crate::outcome::denial::Denial;
+use crate::types::GrpcCall;
 use crate::verdict::key_service::Identity;
 use std::rc::Rc;
 
@@ -124,13 +125,14 @@ impl Stream {
         let global = limit.global.as_ref()?;
         let message = global::request(&global.domain, &limit.scope, &self.owner(id), *per_hour);
         host.count(Counter::RateLimitCall);
-        let token = host.dispatch_grpc(
-            &global.target,
-            global::SERVICE,
-            global::METHOD,
-            &message,
-            global.timeout,
-        );
+        let token = host.dispatch_grpc(&GrpcCall {
+            cluster: &global.cluster,
+            target: &global.target,
+            service: global::SERVICE,
+            method: global::METHOD,
+            message: &message,
+            timeout: global.timeout,
+        });
         if token.is_none() {
             log::warn!(
                 "hokusai-auth: rate limit service cluster '{}' refused the call",

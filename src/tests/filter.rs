@@ -5,8 +5,8 @@ use crate::config::Config;
 use crate::filter::{Flow, Stream, Worker};
 use crate::host::{Headers, Host};
 use crate::observability::metrics::Counter;
-use crate::types::RefreshJob;
 use crate::types::Reply;
+use crate::types::{GrpcCall, RefreshJob};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -107,27 +107,25 @@ impl Host for FakeHost {
     fn callout_reply(&self, _body_size: usize, _max: usize) -> (Option<u16>, Vec<u8>) {
         self.callout.borrow().clone()
     }
-    fn dispatch_grpc(
-        &self,
-        target: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Option<u32> {
+    fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Option<u32> {
+        assert_eq!(call.cluster, "hokusai_ratelimit");
         assert_eq!(
-            (service, method),
+            (call.service, call.method),
             (
                 "envoy.service.ratelimit.v3.RateLimitService",
                 "ShouldRateLimit"
             )
         );
-        assert_eq!(timeout, Duration::from_millis(20));
+        assert_eq!(call.timeout, Duration::from_millis(20));
         if self.refuse_grpc.get() {
             return None;
         }
         let mut sent = self.charges_sent.borrow_mut();
-        sent.push((self.ctx.get(), target.to_string(), message.to_vec()));
+        sent.push((
+            self.ctx.get(),
+            call.target.to_string(),
+            call.message.to_vec(),
+        ));
         Some(1000 + sent.len() as u32)
     }
     fn grpc_reply(&self, _size: usize, _max: usize) -> Vec<u8> {

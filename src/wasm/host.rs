@@ -8,7 +8,7 @@
 use crate::host::{Headers, Host};
 use crate::observability::logging::{self, EnvoyLog};
 use crate::observability::metrics::{Counter, StatIds, StatKind};
-use crate::types::{Refresh, RefreshJob, Reply};
+use crate::types::{GrpcCall, Refresh, RefreshJob, Reply};
 use crate::verdict::refresh::RefreshQueue;
 use std::cell::{Cell, RefCell};
 use std::ptr::null_mut;
@@ -307,22 +307,15 @@ impl Host for WasmHost {
         (status, if rc == OK { body } else { Vec::new() })
     }
 
-    fn dispatch_grpc(
-        &self,
-        target: &str,
-        service: &str,
-        method: &str,
-        message: &[u8],
-        timeout: Duration,
-    ) -> Option<u32> {
+    fn dispatch_grpc(&self, call: &GrpcCall<'_>) -> Option<u32> {
         // Through the SDK, which must know the token to route the reply.
         proxy_wasm::hostcalls::dispatch_grpc_call(
-            target,
-            service,
-            method,
+            call.target,
+            call.service,
+            call.method,
             Vec::new(),
-            Some(message),
-            timeout,
+            Some(call.message),
+            call.timeout,
         )
         .ok()
     }
