@@ -6,6 +6,7 @@
 
 use super::routes::Selector;
 use crate::assertion::jws::Signer;
+use crate::limits::lease::LeaseRule;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -132,6 +133,8 @@ pub struct GlobalLimit {
     pub domain: String,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// How many hits one call leases, and the outage share.
+    pub lease: LeaseRule,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -9,6 +9,7 @@ use super::model::{
     WORKSPACE_HEADER,
 };
 use crate::assertion::jws::{Signer, SigningKey};
+use crate::limits::lease::LeaseRule;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -123,6 +124,12 @@ pub struct RawRateLimit {
     timeout_ms: u64,
     #[serde(default = "default_failure_mode")]
     failure_mode: FailureMode,
+    /// `global`: the Envoy processes that count the same keys.
+    #[serde(default = "one")]
+    replicas: u64,
+    /// `global`: the most hits one call to the service leases.
+    #[serde(default = "default_max_lease")]
+    max_lease: u64,
 }
 
 #[derive(Deserialize)]
@@ -244,6 +251,12 @@ fn default_limit_domain() -> String {
 }
 fn default_limit_timeout_ms() -> u64 {
     20
+}
+fn one() -> u64 {
+    1
+}
+fn default_max_lease() -> u64 {
+    100
 }
 fn default_failure_mode() -> FailureMode {
     FailureMode::Local
@@ -513,37 +526,28 @@ pub fn rate_limit(
         1,
         1 << 32,
     )?;
-    let scope = r.scope.unwrap_or_else(|| default_scope.to_string());
+    let scope = r.scope.clone().unwrap_or_else(|| default_scope.to_string());
     nonempty(at, "rate_limit.scope", &scope)?;
+    let default_per_hour = r.default_per_hour;
     let global = match r.mode {
         LimitMode::Local => None,
-        LimitMode::Global => Some(global_limit(
-            at,
-            r.cluster,
-            r.domain,
-            r.timeout_ms,
-            r.failure_mode,
-        )?),
+        LimitMode::Global => Some(global_limit(at, r)?),
     };
     Ok(Some(RateLimitConfig {
-        default_per_hour: r.default_per_hour,
+        default_per_hour,
         scope,
         global,
     }))
 }
 
-fn global_limit(
-    at: FieldPath,
-    cluster: Option<String>,
-    domain: String,
-    timeout_ms: u64,
-    failure_mode: FailureMode,
-) -> Result<GlobalLimit, String> {
-    let cluster = cluster.unwrap_or_default();
+fn global_limit(at: FieldPath, r: RawRateLimit) -> Result<GlobalLimit, String> {
+    let cluster = r.cluster.unwrap_or_default();
     nonempty(at, "rate_limit.cluster", &cluster)?;
-    nonempty(at, "rate_limit.domain", &domain)?;
-    no_controls(at, "rate_limit.domain", &domain)?;
-    range(at, "rate_limit.timeout_ms", timeout_ms, 5, 5_000)?;
+    nonempty(at, "rate_limit.domain", &r.domain)?;
+    no_controls(at, "rate_limit.domain", &r.domain)?;
+    range(at, "rate_limit.timeout_ms", r.timeout_ms, 5, 5_000)?;
+    range(at, "rate_limit.replicas", r.replicas, 1, 10_000)?;
+    range(at, "rate_limit.max_lease", r.max_lease, 1, 10_000)?;
     let target = crate::limits::global::target(&cluster).ok_or_else(|| {
         at.err(
             "rate_limit.cluster",
@@ -553,9 +557,14 @@ fn global_limit(
     Ok(GlobalLimit {
         target,
         cluster,
-        domain,
-        timeout: Duration::from_millis(timeout_ms),
-        failure_mode,
+        domain: r.domain,
+        timeout: Duration::from_millis(r.timeout_ms),
+        failure_mode: r.failure_mode,
+        lease: LeaseRule {
+            replicas: r.replicas,
+            max_lease: r.max_lease,
+            ask_ms: r.timeout_ms,
+        },
     })
 }
 

@@ -1,13 +1,17 @@
-//! `rate_limit.mode: global`: the rate limit service is charged for a request after
-//! its key is accepted, one `ShouldRateLimit` call per request. A stream that
-//! led a key-service callout also asks for the streams that waited on it,
-//! from its own context (the only one the SDK will route the replies to), and
-//! lives until those replies are in: its own outcome waits for them.
+//! `rate_limit.mode: global`: once its key is accepted, a request is
+//! admitted from this process's lease of the key's hits, or refused if the
+//! service said the window is spent, or else the rate limit service is asked
+//! to count a new lease (`limits::lease`), one `ShouldRateLimit` call. A
+//! stream that led a key-service callout also asks for the streams that
+//! waited on it, from its own context (the only one the SDK will route the
+//! replies to), and lives until those replies are in: its own outcome waits
+//! for them.
 
-use super::{ChargeCall, Outcome, State, Stream, Waiter};
+use super::{Charge, ChargeCall, Decided, Outcome, State, Stream, Waiter};
 use crate::config::FailureMode;
 use crate::host::Host;
 use crate::limits::global::{self, Answer};
+use crate::limits::lease::{Account, Ask, Lease, Take};
 use crate::observability::metrics::Counter;
 use crate::outcome::denial::Denial;
 use crate::types::GrpcCall;
@@ -37,43 +41,72 @@ impl ChargeCall {
 }
 
 impl Stream {
+    /// Admits or refuses from this process's lease, or says what to ask.
+    pub(super) fn take_lease<H: Host>(&mut self, host: &H, id: Rc<Identity>) -> Decided {
+        let worker = Rc::clone(&self.worker);
+        let Some(limit) = worker.cfg.policy_at(self.policy).rate_limit.as_ref() else {
+            return Decided::Now(Ok(id));
+        };
+        let Some(global) = limit.global.as_ref() else {
+            return Decided::Now(Ok(id));
+        };
+        let per_hour = id.rate_limit_per_hour.unwrap_or(limit.default_per_hour);
+        let owner = self.owner(&id);
+        let now_s = self.now_ms / 1000;
+        let account = Account::new(&limit.scope, owner.as_bytes(), per_hour, now_s);
+        let now_ms = self.now_ms;
+        let taken = worker.leases.update(host, &account, |l: &mut Lease| {
+            l.take(&account, &global.lease, now_ms)
+        });
+        let ask = match taken {
+            Ok(Take::Admit(window)) => {
+                host.count(Counter::RateLimitLeased);
+                self.window = Some(window);
+                return Decided::Now(Ok(id));
+            }
+            Ok(Take::Refuse(window)) => {
+                return Decided::Now(Err(Denial::RateLimited { window, now_s }));
+            }
+            Ok(Take::Ask(ask)) => ask,
+            // Nothing was stored: one hit, counted by the service, is safe.
+            Err(_) => Ask {
+                account,
+                lease: 1,
+                owed: 0,
+            },
+        };
+        Decided::Charge(Charge {
+            id,
+            per_hour,
+            owner,
+            ask,
+        })
+    }
+
     /// Asks the rate limit service to charge this request, from this
     /// stream's context; if it cannot be asked, the failure mode decides.
     pub(super) fn charge_globally<H: Host>(
         &mut self,
         host: &H,
-        id: Rc<Identity>,
+        charge: Charge,
         resumed: bool,
     ) -> super::Flow {
-        self.await_charge(id);
+        self.state = State::Charging(charge);
         if let Some(token) = self.send_charge(host) {
             self.hold(token, self.id, self.me.clone());
             return super::Flow::Pause;
         }
-        let State::Charging { id, .. } = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Charging(charge) = std::mem::replace(&mut self.state, State::Done) else {
             return super::Flow::Pause;
         };
         host.count(Counter::RateLimitError);
-        let outcome = self.uncharged(host, id);
+        let outcome = self.uncharged(host, charge);
         if resumed {
             self.act_or_defer(host, outcome);
             super::Flow::Pause
         } else {
             self.act(host, outcome, false)
         }
-    }
-
-    /// This stream is to be charged before it goes on.
-    pub(super) fn await_charge(&mut self, id: Rc<Identity>) {
-        let default = self
-            .worker
-            .cfg
-            .policy_at(self.policy)
-            .rate_limit
-            .as_ref()
-            .map_or(0, |l| l.default_per_hour);
-        let per_hour = id.rate_limit_per_hour.unwrap_or(default);
-        self.state = State::Charging { id, per_hour };
     }
 
     /// Asks, from this (the current) context, for the waiters a callout's
@@ -117,13 +150,19 @@ impl Stream {
     /// Sends the `ShouldRateLimit` call charging this (Charging) stream, from
     /// whichever context is current.
     fn send_charge<H: Host>(&self, host: &H) -> Option<u32> {
-        let State::Charging { id, per_hour } = &self.state else {
+        let State::Charging(charge) = &self.state else {
             return None;
         };
         let worker = Rc::clone(&self.worker);
         let limit = worker.cfg.policy_at(self.policy).rate_limit.as_ref()?;
         let global = limit.global.as_ref()?;
-        let message = global::request(&global.domain, &limit.scope, &self.owner(id), *per_hour);
+        let message = global::request(
+            &global.domain,
+            &limit.scope,
+            &charge.owner,
+            charge.per_hour,
+            charge.ask.hits(),
+        );
         host.count(Counter::RateLimitCall);
         let token = host.dispatch_grpc(&GrpcCall {
             cluster: &global.cluster,
@@ -174,52 +213,71 @@ impl Stream {
 
     /// What the service's reply (None: none) says of this stream.
     fn charged<H: Host>(&mut self, host: &H, reply: Option<Vec<u8>>) {
-        let State::Charging { id, per_hour } = std::mem::replace(&mut self.state, State::Done)
-        else {
+        let State::Charging(charge) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
         self.now_ms = host.now_ms();
         let now_s = self.now_ms / 1000;
         let answer = reply
             .as_deref()
-            .and_then(|body| global::answer(body, per_hour, now_s));
+            .and_then(|body| global::answer(body, charge.per_hour, now_s));
+        let leases = &self.worker.leases;
+        let ask = charge.ask;
         let outcome = match answer {
-            Some(Answer::Charged(window)) if window.allowed => {
-                self.window = Some(window);
-                Ok(id)
+            Some(Answer::Charged(service)) if service.allowed => {
+                let held =
+                    leases.update(host, &ask.account, |l| l.granted(&ask, service.remaining));
+                self.window = Some(held.unwrap_or_else(|w| w));
+                Ok(charge.id)
             }
-            Some(Answer::Charged(window)) => Err(Denial::RateLimited { window, now_s }),
+            Some(Answer::Charged(window)) => {
+                let _ = leases.update(host, &ask.account, |l| l.refused(&ask));
+                Err(Denial::RateLimited { window, now_s })
+            }
             Some(Answer::NotLimited) => {
                 host.count(Counter::RateLimitNotApplied);
-                Ok(id)
+                Ok(charge.id)
             }
             None => {
                 host.count(Counter::RateLimitError);
-                self.uncharged(host, id)
+                self.uncharged(host, charge)
             }
         };
         self.act_or_defer(host, outcome);
     }
 
     /// The rate limit service did not charge the request: the route's
-    /// `failure_mode` decides.
-    pub(super) fn uncharged<H: Host>(&mut self, host: &H, id: Rc<Identity>) -> Outcome {
+    /// `failure_mode` decides; `local` admits from this process's share of
+    /// what the fleet had left when the service was last heard.
+    pub(super) fn uncharged<H: Host>(&mut self, host: &H, charge: Charge) -> Outcome {
         let worker = Rc::clone(&self.worker);
-        let mode = worker
+        let Some(global) = worker
             .cfg
             .policy_at(self.policy)
             .rate_limit
             .as_ref()
             .and_then(|l| l.global.as_ref())
-            .map_or(FailureMode::Local, |g| g.failure_mode);
-        match mode {
+        else {
+            return Ok(charge.id);
+        };
+        match global.failure_mode {
             FailureMode::Local => {
                 host.count(Counter::RateLimitFallbackLocal);
-                self.charge_locally(host, &id).map(|()| id)
+                let ask = charge.ask;
+                let spent = worker
+                    .leases
+                    .update(host, &ask.account, |l| l.failed(&ask, &global.lease));
+                let window = spent.unwrap_or_else(|w| w);
+                if !window.allowed {
+                    let now_s = self.now_ms / 1000;
+                    return Err(Denial::RateLimited { window, now_s });
+                }
+                self.window = Some(window);
+                Ok(charge.id)
             }
             FailureMode::Allow => {
                 host.count(Counter::RateLimitFallbackAllow);
-                Ok(id)
+                Ok(charge.id)
             }
             FailureMode::Deny => {
                 host.count(Counter::RateLimitFallbackDeny);

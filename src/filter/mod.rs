@@ -13,6 +13,7 @@ use crate::assertion::tokens::{self as assertion, Tokens};
 use crate::config::routes::{RouteTable, Selector};
 use crate::config::{Config, Policy, Source, WORKSPACE_HEADER};
 use crate::host::{Headers, Host};
+use crate::limits::lease::{Ask, LeaseTable};
 use crate::limits::local::RateLimiter;
 use crate::observability::metrics::Counter;
 use crate::outcome::audit::{Audit, CacheState, Decision};
@@ -68,6 +69,8 @@ pub struct Worker {
     digests: KeyDigests,
     cache: VerdictCache,
     rate: RateLimiter,
+    /// Hits leased from the rate limit service (`rate_limit.mode: global`).
+    leases: LeaseTable,
     /// Signed identity assertions, one per key, policy and verdict.
     assertions: Tokens,
     flights: RefCell<Flights<Waiter>>,
@@ -89,6 +92,7 @@ impl Worker {
             digests: KeyDigests::new(cfg.cache.slots as usize),
             cache: VerdictCache::new(&cfg.cache),
             rate: RateLimiter::new(cfg.rate_limit_slots),
+            leases: LeaseTable::new(cfg.rate_limit_slots),
             assertions: Tokens::new(cfg.cache.slots),
             flights: RefCell::default(),
             refreshing: RefCell::new(Refreshing::new(cfg.cache.slots as usize)),
@@ -136,10 +140,7 @@ enum State {
         stale: Option<Rc<Identity>>,
     },
     /// Admitted but for the rate limit, which the rate limit service charges.
-    Charging {
-        id: Rc<Identity>,
-        per_hour: u64,
-    },
+    Charging(Charge),
     Done,
 }
 
@@ -148,10 +149,19 @@ enum Decided {
     /// Decided here: forward with this identity, or refuse.
     Now(Outcome),
     /// To be charged by the rate limit service first.
-    Charge(Rc<Identity>),
+    Charge(Charge),
 }
 
 type Outcome = Result<Rc<Identity>, Denial>;
+
+/// A request the rate limit service is to count, with the lease asked for.
+struct Charge {
+    id: Rc<Identity>,
+    per_hour: u64,
+    /// Whom the service counts: the `key_id`, else a short hash of the key.
+    owner: String,
+    ask: Ask,
+}
 
 pub struct Stream {
     id: u32,
@@ -470,8 +480,8 @@ impl Stream {
         self.charge_for_waiters(host, to_charge);
         match own {
             Decided::Now(outcome) => self.act_or_defer(host, outcome),
-            Decided::Charge(id) => {
-                self.charge_globally(host, id, true);
+            Decided::Charge(charge) => {
+                self.charge_globally(host, charge, true);
             }
         }
     }
@@ -482,7 +492,7 @@ impl Stream {
     pub fn awaiting_verdict(&self) -> bool {
         let waiting = matches!(
             self.state,
-            State::Leading { .. } | State::Waiting { .. } | State::Charging { .. }
+            State::Leading { .. } | State::Waiting { .. } | State::Charging(_)
         );
         waiting || self.deferred.is_some()
     }
@@ -506,7 +516,7 @@ impl Stream {
             State::Waiting { digest, .. } => {
                 self.worker.flights.borrow_mut().leave(&digest, self.id);
             }
-            State::Charging { .. } | State::Start | State::Done => {}
+            State::Charging(_) | State::Start | State::Done => {}
         }
         self.abandon_charges(host);
         if let Some(line) = self.audit_line() {
@@ -541,7 +551,7 @@ impl Stream {
     ) -> Flow {
         match self.decide(host, verdict, stale) {
             Decided::Now(outcome) => self.act(host, outcome, resumed),
-            Decided::Charge(id) => self.charge_globally(host, id, resumed),
+            Decided::Charge(charge) => self.charge_globally(host, charge, resumed),
         }
     }
 
@@ -587,7 +597,7 @@ impl Stream {
             return Decided::Now(Err(Denial::Forbidden(why)));
         }
         match &policy.rate_limit {
-            Some(limit) if limit.global.is_some() => Decided::Charge(id),
+            Some(limit) if limit.global.is_some() => self.take_lease(host, id),
             Some(_) => Decided::Now(self.charge_locally(host, &id).map(|()| id)),
             None => Decided::Now(Ok(id)),
         }
@@ -778,12 +788,12 @@ fn decide_for_waiters<H: Host>(
             Decided::Now(outcome) => {
                 s.act(host, outcome, true);
             }
-            Decided::Charge(id) if can_hold => {
-                s.await_charge(id);
+            Decided::Charge(charge) if can_hold => {
+                s.state = State::Charging(charge);
                 to_charge.push((ctx, waiter));
             }
-            Decided::Charge(id) => {
-                let outcome = s.uncharged(host, id);
+            Decided::Charge(charge) => {
+                let outcome = s.uncharged(host, charge);
                 s.act(host, outcome, true);
             }
         }

@@ -119,8 +119,8 @@ pub fn target(cluster: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// The request body: one hit of `owner` in `scope` against `per_hour`.
-pub fn request(domain: &str, scope: &str, owner: &str, per_hour: u64) -> Vec<u8> {
+/// The request body: `hits` of `owner` in `scope` against `per_hour`.
+pub fn request(domain: &str, scope: &str, owner: &str, per_hour: u64, hits: u64) -> Vec<u8> {
     RateLimitRequest {
         domain: domain.to_string(),
         descriptors: vec![RateLimitDescriptor {
@@ -130,7 +130,7 @@ pub fn request(domain: &str, scope: &str, owner: &str, per_hour: u64) -> Vec<u8>
                 unit: HOUR,
             }),
         }],
-        hits_addend: 1,
+        hits_addend: u32::try_from(hits).unwrap_or(u32::MAX),
     }
     .encode_to_vec()
 }
@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn the_request_is_what_envoy_types_encodes() {
-        let ours = request("hokusai-mlflow", "platform@hokusai_auth", "k_1", 40);
+        let ours = request("hokusai-mlflow", "platform@hokusai_auth", "k_1", 40, 1);
         let theirs = rls::RateLimitRequest::decode(ours.as_slice()).unwrap();
         assert_eq!(theirs.domain, "hokusai-mlflow");
         assert_eq!(theirs.hits_addend, 1);

@@ -9,7 +9,6 @@ use crate::types::Window;
 use std::hash::Hasher;
 
 const SLOT_PREFIX: &str = "hokusai_auth.v1.rate.";
-const CAS_ATTEMPTS: usize = 8;
 
 /// One counter table for every route; a key's count is per limit scope.
 pub struct RateLimiter {
@@ -35,24 +34,12 @@ impl RateLimiter {
     ) -> Window {
         let owner = tag(scope, owner);
         let key = self.slots.key(owner);
-        let mut last = None;
-        for _ in 0..CAS_ATTEMPTS {
-            let (bytes, cas) = host.shared_get(&key);
-            let (new, w) = step(bytes.as_deref(), owner, now_s, limit);
-            match new {
-                None => return w,
-                Some(v) if host.shared_set(&key, &v, cas) => return w,
-                Some(_) => last = Some(w),
-            }
-        }
-        // Under extreme contention, let the request through uncharged
-        // rather than fail it: this is a quota, not the authentication.
-        log::warn!("hokusai-auth: rate-limit slot contended; request not counted");
-        last.unwrap_or(Window {
-            limit,
-            remaining: limit,
-            reset_at: window_end(now_s),
-            allowed: true,
+        let counted = super::cas::update(host, &key, |bytes| step(bytes, owner, now_s, limit));
+        counted.unwrap_or_else(|window| {
+            // Under extreme contention, let the request through uncharged
+            // rather than fail it: this is a quota, not the authentication.
+            log::warn!("hokusai-auth: rate-limit slot contended; request not counted");
+            window
         })
     }
 }
@@ -62,7 +49,7 @@ pub const WINDOW_SECONDS: u64 = 3600;
 /// 64-bit FNV-1a of scope and owner: picks the slot and tags its owner.
 /// Collisions only make two keys share a count until one of them takes the
 /// slot over.
-fn tag(scope: &str, owner: &[u8]) -> u64 {
+pub(super) fn tag(scope: &str, owner: &[u8]) -> u64 {
     let mut h = fnv::FnvHasher::default();
     h.write(scope.as_bytes());
     h.write_u8(0xff);

@@ -51,6 +51,7 @@ counters! {
     CalloutErrorNotJsonObject => "callout.error.not_json_object",
     CalloutErrorBadFields => "callout.error.bad_fields",
     RateLimitCall => "ratelimit.call",
+    RateLimitLeased => "ratelimit.leased",
     RateLimitError => "ratelimit.error",
     RateLimitNotApplied => "ratelimit.not_applied",
     RateLimitFallbackLocal => "ratelimit.fallback.local",

@@ -1134,6 +1134,12 @@ mod rls_reply {
 
     /// The descriptor's entries and limit override of a sent request.
     pub fn read(message: &[u8]) -> (Vec<(String, String)>, u32) {
+        let (entries, limit, _) = read_hits(message);
+        (entries, limit)
+    }
+
+    /// And the hits it asks to count.
+    pub fn read_hits(message: &[u8]) -> (Vec<(String, String)>, u32, u32) {
         let r = RateLimitRequest::decode(message).unwrap();
         assert_eq!(r.domain, "hokusai-mlflow");
         let d = &r.descriptors[0];
@@ -1142,7 +1148,7 @@ mod rls_reply {
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect();
-        (entries, d.limit.unwrap().requests_per_unit)
+        (entries, d.limit.unwrap().requests_per_unit, r.hits_addend)
     }
 }
 
@@ -1175,9 +1181,11 @@ impl Rig {
 }
 
 #[test]
-fn global_mode_asks_the_service_once_per_request_with_the_keys_limit() {
+fn global_mode_leases_hits_with_the_keys_limit_and_spends_them_without_calls() {
     let rig = Rig::new(GLOBAL);
     rig.warm();
+    let first = rls_reply::read_hits(&rig.host.charges_sent.borrow()[0].2);
+    assert_eq!(first.2, 1, "nothing heard yet: one hit");
     let (id, s, flow) = rig.bearer(EXP_SEARCH);
     rig.remember(id, &s);
     assert_eq!(flow, Flow::Pause, "a cache hit waits for the count");
@@ -1189,20 +1197,91 @@ fn global_mode_asks_the_service_once_per_request_with_the_keys_limit() {
         target,
         &crate::limits::global::target("hokusai_ratelimit").unwrap()
     );
-    let (entries, limit) = rls_reply::read(message);
+    let (entries, limit, hits) = rls_reply::read_hits(message);
     assert_eq!(limit, 1000);
+    assert_eq!(hits, 100, "999 left heard: max_lease");
     assert!(
         entries.contains(&("key_id".into(), "k_1".into())),
         "{entries:?}"
     );
-    rig.count_reply(1002, 0, rls_reply::of(false, 7));
+    rig.count_reply(1002, 0, rls_reply::of(false, 799));
     assert!(rig.host.resumed.borrow().contains(&id));
     rig.host.ctx.set(id);
     s.borrow_mut().on_response_headers(&rig.host);
     rig.host
-        .assert_response_header(id, "x-ratelimit-remaining", "7");
+        .assert_response_header(id, "x-ratelimit-remaining", "898");
+    // The next 99 are admitted from the lease, with no call.
+    for left in (799..898).rev() {
+        let (id, s, flow) = rig.bearer(EXP_SEARCH);
+        assert_eq!(flow, Flow::Continue);
+        rig.host.ctx.set(id);
+        s.borrow_mut().on_response_headers(&rig.host);
+        rig.host
+            .assert_response_header(id, "x-ratelimit-remaining", &left.to_string());
+    }
     assert_eq!(rig.host.count_of(Counter::RateLimitCall), 2);
+    assert_eq!(rig.host.count_of(Counter::RateLimitLeased), 99);
+    let (_, _, flow) = rig.bearer(EXP_SEARCH);
+    assert_eq!(flow, Flow::Pause, "the lease is spent: ask again");
+    assert_eq!(rig.host.count_of(Counter::RateLimitCall), 3);
     rig.assert_no_key_anywhere();
+}
+
+#[test]
+fn max_lease_one_asks_on_every_request() {
+    let rig = Rig::new(
+        r#", "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit", "max_lease": 1}"#,
+    );
+    rig.warm();
+    for n in 2..5u32 {
+        let (id, s, flow) = rig.bearer(EXP_SEARCH);
+        rig.remember(id, &s);
+        assert_eq!(flow, Flow::Pause);
+        let (_, _, hits) = rls_reply::read_hits(&rig.host.charges_sent.borrow()[n as usize - 1].2);
+        assert_eq!(hits, 1);
+        rig.count_reply(1000 + n, 0, rls_reply::of(false, 999 - n));
+    }
+    assert_eq!(rig.host.count_of(Counter::RateLimitLeased), 0);
+}
+
+#[test]
+fn a_refusal_spends_the_window_for_this_process_without_more_calls() {
+    let rig = Rig::new(GLOBAL);
+    rig.warm();
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    rig.count_reply(1002, 0, rls_reply::of(true, 0));
+    assert_eq!(rig.host.status(id), Some(429));
+    let (id, _, flow) = rig.bearer(EXP_SEARCH);
+    assert_eq!((flow, rig.host.status(id)), (Flow::Pause, Some(429)));
+    assert_eq!(rig.host.count_of(Counter::RateLimitCall), 2);
+}
+
+#[test]
+fn an_outage_admits_this_replicas_share_of_what_was_left_and_owes_it() {
+    let rig = Rig::new(
+        r#", "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit", "replicas": 4, "max_lease": 1}"#,
+    );
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    rig.reply(id, &s, Some(200), RW);
+    rig.count_reply(1001, 0, rls_reply::of(false, 9));
+    // UNAVAILABLE three times: 9 left over 4 replicas is 2 here.
+    let mut statuses = Vec::new();
+    for token in 1002..1005 {
+        let (id, s, _) = rig.bearer(EXP_SEARCH);
+        rig.remember(id, &s);
+        rig.count_reply(token, 14, Vec::new());
+        statuses.push(rig.host.status(id));
+    }
+    assert_eq!(statuses, [None, None, Some(429)]);
+    // Back: the next call counts the two the outage admitted.
+    let (id, s, _) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    let (_, _, hits) = rls_reply::read_hits(&rig.host.charges_sent.borrow()[4].2);
+    assert_eq!(hits, 3);
+    rig.count_reply(1005, 0, rls_reply::of(false, 4));
+    assert_eq!(rig.host.status(id), None);
 }
 
 #[test]
@@ -1273,8 +1352,8 @@ fn each_failure_mode_does_what_it_says() {
                 .shared
                 .borrow()
                 .keys()
-                .any(|k| k.contains(".rate."));
-            assert!(local, "counted in shared data instead");
+                .any(|k| k.contains(".lease."));
+            assert!(local, "admitted from this process's share instead");
         }
     }
 }

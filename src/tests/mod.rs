@@ -2,4 +2,5 @@
 //! (`filter`), and properties over generated input (`fuzz`).
 
 mod filter;
+mod fleet_simulation;
 mod fuzz;

@@ -237,10 +237,13 @@ class StandIn:
 
 
 class Redis:
-    """A real redis-server (Debian's) on a free port, persisting nothing.
-    restart() brings it back on the same port, empty."""
+    """A real redis-server (Debian's) on a free port, persisting nothing
+    unless `persist` (an append-only file, fsynced on every write).
+    restart() brings it back on the same port, empty unless persisted;
+    freeze() and thaw() stop and continue the process (SIGSTOP, SIGCONT)."""
 
-    def __init__(self, workdir: Path, name: str = "redis"):
+    def __init__(self, workdir: Path, name: str = "redis", persist: bool = False):
+        self.persist, self.frozen = persist, False
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RuntimeError("redis-server is missing: run scripts/setup.sh")
@@ -250,7 +253,9 @@ class Redis:
         self.start()
 
     def start(self):
-        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        aof = ["--appendonly", "yes", "--appendfsync", "always", "--appenddirname", f"{self.name}-aof"] \
+            if self.persist else ["--appendonly", "no"]
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
                "--logfile", str(self.workdir / f"{self.name}.log"), "--dir", str(self.workdir)]
         self.proc = Proc(self.name + "-proc", cmd, self.workdir)
         wait_until("redis answering PING", self._pong, timeout=20)
@@ -270,7 +275,17 @@ class Redis:
         self.start()
 
     def stop(self):
+        self.thaw()
         self.proc.stop()
+
+    def freeze(self):
+        os.kill(self.proc.p.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self):
+        if self.frozen:
+            os.kill(self.proc.p.pid, signal.SIGCONT)
+            self.frozen = False
 
 
 def as_native(boot: dict, struct: bool = False, module: str = NATIVE_MODULE) -> None:
