@@ -25,7 +25,7 @@ const UNKNOWN: u64 = u64::MAX;
 /// A replica leases at most this fraction of its share of what it last
 /// heard was left: small leases near the end keep the fleet's loss small.
 const SHARE_DIVISOR: u64 = 8;
-const WORDS: usize = 9;
+const WORDS: usize = 10;
 
 /// How large a lease a replica takes, and its share in an outage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +50,18 @@ impl LeaseRule {
     }
 
     /// What this replica may admit while the service cannot answer: its
-    /// share of what the fleet had left when last heard, else of the limit.
-    fn outage_share(&self, known: u64, limit: u64) -> u64 {
-        let left = if known == UNKNOWN { limit } else { known };
-        left / self.replicas.max(1)
+    /// share of what the fleet had left when last heard (else of the
+    /// limit), less what the other replicas have likely spent since: as
+    /// much each as this one, traffic being spread over the replicas.
+    fn outage_share(&self, lease: &Lease) -> u64 {
+        let replicas = self.replicas.max(1);
+        let left = if lease.known == UNKNOWN {
+            lease.limit
+        } else {
+            lease.known
+        };
+        let by_others = lease.spent.saturating_mul(replicas - 1);
+        left.saturating_sub(by_others) / replicas
     }
 }
 
@@ -73,6 +81,8 @@ pub struct Lease {
     owed: u64,
     /// What an outage may still admit here (UNKNOWN: no outage).
     outage_left: u64,
+    /// Admitted from leases since the service was last heard.
+    spent: u64,
     /// A lease of more than one hit is being asked for until then.
     asking_until_ms: u64,
 }
@@ -151,6 +161,7 @@ impl Lease {
                 over: false,
                 owed: 0,
                 outage_left: UNKNOWN,
+                spent: 0,
                 asking_until_ms: 0,
             })
     }
@@ -159,6 +170,7 @@ impl Lease {
     pub fn take(&mut self, account: &Account, rule: &LeaseRule, now_ms: u64) -> Take {
         if self.tokens > 0 {
             self.tokens -= 1;
+            self.spent = self.spent.saturating_add(1);
             return Take::Admit(account.window(self.estimate(), true));
         }
         if self.over {
@@ -187,6 +199,7 @@ impl Lease {
         self.ask_over(ask);
         self.tokens = self.tokens.saturating_add(ask.lease - 1);
         self.known = remaining;
+        self.spent = 0;
         self.over = false;
         self.outage_left = UNKNOWN;
         ask.account.window(self.estimate(), true)
@@ -196,13 +209,15 @@ impl Lease {
     pub fn refused(&mut self, ask: &Ask) -> Window {
         self.ask_over(ask);
         self.known = 0;
+        self.spent = 0;
         self.over = true;
         self.outage_left = UNKNOWN;
         ask.account.window(self.tokens, false)
     }
 
     /// The service did not answer: admitted from this replica's share of
-    /// what was left (counted by the service on the next ask), or refused.
+    /// what was likely left (counted by the service on the next ask), or
+    /// refused.
     pub fn failed(&mut self, ask: &Ask, rule: &LeaseRule) -> Window {
         self.ask_over(ask);
         self.owed = self.owed.saturating_add(ask.owed);
@@ -210,7 +225,7 @@ impl Lease {
             return ask.account.window(0, false);
         }
         if self.outage_left == UNKNOWN {
-            self.outage_left = rule.outage_share(self.known, self.limit);
+            self.outage_left = rule.outage_share(self);
         }
         if self.outage_left == 0 {
             return ask.account.window(self.tokens, false);
@@ -244,6 +259,7 @@ impl Lease {
             u64::from(self.over),
             self.owed,
             self.outage_left,
+            self.spent,
             self.asking_until_ms,
         ]
         .iter()
@@ -270,7 +286,8 @@ fn decode(b: &[u8]) -> Option<Lease> {
         over: word(5)? != 0,
         owed: word(6)?,
         outage_left: word(7)?,
-        asking_until_ms: word(8)?,
+        spent: word(8)?,
+        asking_until_ms: word(9)?,
     })
 }
 
@@ -413,6 +430,31 @@ mod tests {
         l.granted(&back, 19);
         assert_eq!(l.owed, 0);
         assert_eq!(l.outage_left, UNKNOWN, "heard again: the outage is over");
+    }
+
+    #[test]
+    fn an_outage_share_leaves_out_what_the_others_likely_spent_since() {
+        let rule = LeaseRule {
+            max_lease: 1_000,
+            ..RULE
+        };
+        let a = account(10_000);
+        let mut l = fresh(&a);
+        let x = ask(l.take(&a, &rule, 0));
+        l.granted(&x, 9_000);
+        let lease = ask(l.take(&a, &rule, 1));
+        assert_eq!(lease.lease, 375);
+        l.granted(&lease, 8_000);
+        for _ in 0..100 {
+            assert!(matches!(l.take(&a, &rule, 2), Take::Admit(_)));
+        }
+        // Tokens spent, say, and the service gone: 100 spent here since it
+        // was heard, likely 100 by each other replica: 7,800 left, a third
+        // here besides the 274 tokens held.
+        l.tokens = 0;
+        let y = ask(l.take(&a, &rule, 3));
+        l.failed(&y, &rule);
+        assert_eq!(l.outage_left, 7_800 / 3 - 1);
     }
 
     #[test]

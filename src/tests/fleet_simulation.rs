@@ -82,9 +82,18 @@ fn pick(run: &Run, rng: &mut Rng, t: u64) -> usize {
     usize::try_from(r).unwrap_or(0)
 }
 
+/// The window the runs count in, and the clock: the demand spread evenly
+/// over its hour.
+const WINDOW_START_S: u64 = 7_200;
+
+fn ms_per_arrival(run: &Run) -> u64 {
+    (3_600_000 / run.demand.max(1)).max(1)
+}
+
 fn simulate(run: &Run, rule: &LeaseRule) -> Tally {
     let mut rng = Rng(run.seed | 1);
-    let account = Account::new("fleet", b"k_1", run.limit, 7_200);
+    let account = Account::new("fleet", b"k_1", run.limit, WINDOW_START_S);
+    let clock = |t: u64| WINDOW_START_S * 1000 + t * ms_per_arrival(run);
     let mut leases: Vec<Lease> = (0..run.replicas)
         .map(|_| Lease::read(None, &account))
         .collect();
@@ -117,7 +126,7 @@ fn simulate(run: &Run, rule: &LeaseRule) -> Tally {
             continue;
         }
         let replica = pick(run, &mut rng, t);
-        match leases[replica].take(&account, rule, t) {
+        match leases[replica].take(&account, rule, clock(t)) {
             Take::Admit(_) => tally.admitted += 1,
             Take::Refuse(_) => {}
             Take::Ask(ask) => {
@@ -135,7 +144,7 @@ fn rule(run: &Run) -> LeaseRule {
     LeaseRule {
         replicas: run.replicas,
         max_lease: 100,
-        ask_ms: run.max_delay + 1,
+        ask_ms: (run.max_delay + 1) * ms_per_arrival(run),
     }
 }
 
@@ -216,8 +225,8 @@ proptest! {
 #[test]
 #[ignore = "prints the fleet table; run with --ignored --nocapture"]
 fn fleet_table() {
-    println!("| limit/h | traffic | admitted over | admitted under | calls per request |");
-    println!("|---:|---|---:|---:|---:|");
+    println!("| limit/h | traffic | over | under | calls per request | over, outage from 25 % to 75 % of the demand |");
+    println!("|---:|---|---:|---:|---:|---:|");
     for limit in [40, 400, 4_000, 40_000, 100_000] {
         for traffic in [Traffic::Uniform, Traffic::Skewed] {
             let run = Run {
@@ -230,12 +239,17 @@ fn fleet_table() {
                 seed: 7,
             };
             let t = simulate(&run, &rule(&run));
-            let demand_within = t.admitted.min(limit);
+            let outage = Run {
+                outage: Some((run.limit / 2, run.limit * 3 / 2)),
+                ..run
+            };
+            let o = simulate(&outage, &rule(&outage));
             println!(
-                "| {limit} | {traffic:?} | {} | {} | {:.4} |",
+                "| {limit} | {traffic:?} | {} | {} | {:.4} | {} |",
                 t.admitted.saturating_sub(limit),
-                limit - demand_within,
-                t.calls as f64 / run.demand as f64
+                limit.saturating_sub(t.admitted),
+                t.calls as f64 / run.demand as f64,
+                o.admitted.saturating_sub(limit),
             );
         }
     }
