@@ -53,7 +53,8 @@ class Switches:
         if self.global_rate_limit:
             # 100 ms, not 20: MLflow shares this machine, and a worker's first
             # call opens its HTTP/2 connection.
-            cfg["rate_limit"] = {"mode": "global", "cluster": "hokusai_ratelimit", "timeout_ms": 100}
+            cfg["rate_limit"] = {"mode": "global", "cluster": "hokusai_ratelimit", "timeout_ms": 100,
+                                 "replicas": self.replicas}
         return cfg
 
 
