@@ -153,6 +153,9 @@ pub trait Host {
     /// Takes a re-validation to start outside any request; its answer goes
     /// to `Worker::complete_refresh`. False if the host cannot take it.
     fn queue_refresh(&self, job: RefreshJob) -> bool;
+    /// The value and the version to compare-and-swap against; a host may
+    /// give a version for an unset key too (the native one does), so that
+    /// two workers cannot both create it.
     fn shared_get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// False on a CAS mismatch or any other refusal.
     fn shared_set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool;

@@ -1,12 +1,17 @@
 //! The process-wide key-value store behind `Host::shared_get`/`shared_set`
 //! in the native build: what proxy-wasm's shared data is to the wasm build,
-//! with the same compare-and-swap rule. Every worker thread sees it, so a
+//! with the same compare-and-swap rule, and one more: an unset key has
+//! version 0, so that two workers cannot both create it (proxy-wasm's set
+//! creates a key whatever the version). Every worker thread sees it, so a
 //! verdict cached on one worker is a hit on all. The lock is held only to
 //! copy a value in or out, never across a call into Envoy.
 
 use crate::sync::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::OnceLock;
+
+/// The version of an unset key.
+const UNSET: u32 = 0;
 
 #[derive(Default)]
 pub struct SharedData {
@@ -26,16 +31,18 @@ impl SharedData {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The value and its version (never 0), if the key is set.
+    /// The value and its version (never 0), if the key is set; else none
+    /// and version 0.
     pub fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.lock().get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-            None => (None, None),
+            None => (None, Some(UNSET)),
         }
     }
 
-    /// Sets `key`; with `cas`, only if the key is unset or still at that
-    /// version (false otherwise).
+    /// Sets `key`; with `cas`, only if the key is still at that version
+    /// (false otherwise): `UNSET` creates it only if no one did meanwhile;
+    /// another version of an unset key creates it too, as proxy-wasm does.
     pub fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         let mut entries = self.lock();
         match entries.get_mut(key) {
@@ -61,7 +68,7 @@ mod tests {
     #[test]
     fn compare_and_swap_as_proxy_wasm_shared_data() {
         let s = SharedData::default();
-        assert_eq!(s.get("k"), (None, None));
+        assert_eq!(s.get("k"), (None, Some(0)));
         assert!(s.set("k", b"a", Some(7)), "an unset key takes any version");
         let (v, cas) = s.get("k");
         assert_eq!(v.as_deref(), Some(&b"a"[..]));
@@ -70,6 +77,9 @@ mod tests {
         assert_eq!(s.get("k").0.as_deref(), Some(&b"b"[..]));
         assert!(s.set("k", b"d", None), "no version: unconditional");
         assert_eq!(s.get("k").0.as_deref(), Some(&b"d"[..]));
+        let (_, unset) = s.get("new");
+        assert!(s.set("new", b"first", unset));
+        assert!(!s.set("new", b"second", unset), "created meanwhile");
     }
 }
 
@@ -98,7 +108,7 @@ mod loom_model {
                 seen.as_deref(),
                 None | Some(b"refreshed") | Some(b"answered")
             ));
-            assert!(cas.is_none() || cas == Some(1) || cas == Some(2));
+            assert!(cas == Some(0) || cas == Some(1) || cas == Some(2));
             refresh.join().unwrap();
             flight.join().unwrap();
             let (last, cas) = s.get("v");
@@ -110,13 +120,22 @@ mod loom_model {
         });
     }
 
-    /// Two workers charge one rate-limit window (an existing one) with the
-    /// compare-and-swap loop of `limits::local`: no charge is lost.
+    /// Two workers charge one rate-limit window with the compare-and-swap
+    /// loop of `limits::cas`, an existing one or one neither has seen
+    /// (both create it): no charge is lost.
     #[test]
     fn compare_and_swap_loses_no_charge() {
-        loom::model(|| {
+        for existing in [true, false] {
+            charge_twice(existing);
+        }
+    }
+
+    fn charge_twice(existing: bool) {
+        loom::model(move || {
             let s = Arc::new(SharedData::default());
-            assert!(s.set("w", &[0], None));
+            if existing {
+                assert!(s.set("w", &[0], None));
+            }
             let charge = || {
                 let s = Arc::clone(&s);
                 thread::spawn(move || loop {

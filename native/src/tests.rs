@@ -382,8 +382,14 @@ fn the_body_waits_while_the_key_is_checked_and_goes_on_after() {
 const GLOBAL: &str = r#"{"auth": {"cluster": "hokusai_auth", "service_id": "platform"},
     "mlflow": {"mount_prefixes": ["/api/mlflow"]},
     "rate_limit": {"mode": "global", "cluster": "hokusai_ratelimit", "failure_mode": "deny"}}"#;
-const GRANT_40: &[u8] =
-    br#"{"user_id": "u_1", "key_id": "k_1", "scopes": ["mlflow:read"], "rate_limit_per_hour": 40}"#;
+/// A grant of 40 an hour, for a `key_id` of its own: the process-wide
+/// store keeps each key's lease (and a refusal) across the tests.
+fn grant_40() -> Vec<u8> {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    format!(r#"{{"user_id": "u_1", "key_id": "k_1_{n}", "scopes": ["mlflow:read"], "rate_limit_per_hour": 40}}"#)
+        .into_bytes()
+}
 
 /// A stream of the global-mode config, its key accepted: the rate limit
 /// call it then sent.
@@ -397,7 +403,7 @@ fn charged(over: bool) -> (Fake, Rc<Filter<Fake>>, Sent, Vec<u8>) {
         1,
         CalloutReply {
             status: Some(200),
-            body: GRANT_40.to_vec(),
+            body: grant_40(),
         },
         &GrpcHeaders::default(),
     );
