@@ -194,9 +194,15 @@ fn unix_now() -> u64 {
 
 /// Serves the protocol on `listener` over HTTP/2 until the process stops.
 pub async fn serve(listener: TcpListener, limiter: Limiter) -> Result<(), String> {
+    // TCP_NODELAY, as envoyproxy/ratelimit has it (Go sets it on every TCP
+    // connection). `serve_with_incoming` ignores the builder's `tcp_nodelay`
+    // and `TcpIncoming::from` leaves it off, so Nagle held a reply behind a
+    // small h2 frame written just before it (a WINDOW_UPDATE) until Envoy's
+    // delayed ACK, about 40 ms later.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::new(limiter))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| format!("rate limit service: {e}"))
 }
