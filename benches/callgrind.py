@@ -86,9 +86,10 @@ def worker_instructions(out: Path) -> int:
     return max(totals)
 
 
-def measure(row: Row, work: Path, echo, keys, n: int, warm: int) -> float:
+def measure(row: Row, work: Path, echo, keys, rls, n: int, warm: int) -> float:
     port = harness.free_port()
-    options = replace(envoy_options(row, work, echo.port, keys.port), listen_port=port)
+    rls_port = rls.port if row.global_limit else None
+    options = replace(envoy_options(row, work, echo.port, keys.port, ratelimit_port=rls_port), listen_port=port)
     # Rendered by the harness (then stopped), run again under valgrind.
     envoy = harness.Envoy(work, options, name=f"cg-{row.name}")
     config = envoy.config_path
@@ -137,11 +138,16 @@ def main() -> int:
     work = harness.workdir("hokusai-callgrind-")
     keys = harness.StandIn("keys", work, keys={"keys": harness.DEV_KEYS["keys"] + [KEY_ENTRY]}, name="cg-keys")
     echo = harness.StandIn("echo", work, name="cg-echo")
+    redis = rls = None
     try:
-        results = [(row, measure(row, work, echo, keys, a.requests, a.warmup)) for row in rows]
+        if any(r.global_limit for r in rows):
+            redis = harness.Redis(work, name="cg-redis")
+            rls = harness.StandIn("ratelimit", work, redis_url=redis.url, name="cg-ratelimit")
+        results = [(row, measure(row, work, echo, keys, rls, a.requests, a.warmup)) for row in rows]
     finally:
-        keys.stop()
-        echo.stop()
+        for s in (keys, echo, rls, redis):
+            if s is not None:
+                s.stop()
     base = results[0][1]
     print(f"\n| row | Envoy worker instructions / request | Δ vs {results[0][0].name} |\n|---|---|---|")
     for row, per in results:

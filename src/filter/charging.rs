@@ -231,8 +231,15 @@ impl Stream {
                 Ok(charge.id)
             }
             Some(Answer::Charged(window)) => {
-                let _ = leases.update(host, &ask.account, |l| l.refused(&ask));
-                Err(Denial::RateLimited { window, now_s })
+                // A hit held (counted before) still admits the request.
+                let held = leases.update(host, &ask.account, |l| l.refused(&ask));
+                match held {
+                    Ok(w) if w.allowed => {
+                        self.window = Some(w);
+                        Ok(charge.id)
+                    }
+                    _ => Err(Denial::RateLimited { window, now_s }),
+                }
             }
             Some(Answer::NotLimited) => {
                 host.count(Counter::RateLimitNotApplied);
@@ -246,9 +253,10 @@ impl Stream {
         self.act_or_defer(host, outcome);
     }
 
-    /// The rate limit service did not charge the request: the route's
-    /// `failure_mode` decides; `local` admits from this process's share of
-    /// what the fleet had left when the service was last heard.
+    /// The rate limit service did not charge the request: a hit this
+    /// process holds admits it, else the route's `failure_mode` decides;
+    /// `local` admits from this process's share of what the fleet had left
+    /// when the service was last heard.
     pub(super) fn uncharged<H: Host>(&mut self, host: &H, charge: Charge) -> Outcome {
         let worker = Rc::clone(&self.worker);
         let Some(global) = worker
@@ -260,14 +268,22 @@ impl Stream {
         else {
             return Ok(charge.id);
         };
+        let ask = charge.ask;
+        // Hits held were counted before: they admit the request first.
+        let held = worker
+            .leases
+            .update(host, &ask.account, |l| l.unanswered(&ask));
+        if let Ok(Some(window)) = held {
+            self.window = Some(window);
+            return Ok(charge.id);
+        }
         match global.failure_mode {
             FailureMode::Local => {
                 host.count(Counter::RateLimitFallbackLocal);
-                let ask = charge.ask;
-                let spent = worker
-                    .leases
-                    .update(host, &ask.account, |l| l.failed(&ask, &global.lease));
-                let window = spent.unwrap_or_else(|w| w);
+                let shared = worker.leases.update(host, &ask.account, |l| {
+                    l.share_outage(&ask.account, &global.lease)
+                });
+                let window = shared.unwrap_or_else(|w| w);
                 if !window.allowed {
                     let now_s = self.now_ms / 1000;
                     return Err(Denial::RateLimited { window, now_s });

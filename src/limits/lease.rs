@@ -26,6 +26,8 @@ const UNKNOWN: u64 = u64::MAX;
 /// heard was left: small leases near the end keep the fleet's loss small.
 const SHARE_DIVISOR: u64 = 8;
 const WORDS: usize = 10;
+/// A lease is renewed when this many times what is held is at most one.
+const RENEW_WHEN: u64 = 4;
 
 /// How large a lease a replica takes, and its share in an outage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,29 +170,44 @@ impl Lease {
 
     /// A request arrives.
     pub fn take(&mut self, account: &Account, rule: &LeaseRule, now_ms: u64) -> Take {
-        if self.tokens > 0 {
-            self.tokens -= 1;
-            self.spent = self.spent.saturating_add(1);
-            return Take::Admit(account.window(self.estimate(), true));
+        let asking = now_ms < self.asking_until_ms;
+        let lease = if asking { 1 } else { rule.size(self.known) };
+        // Renewed ahead: one request asks for the next lease while a
+        // quarter of this one is left, so that the others spend what is
+        // held meanwhile instead of asking for one hit each.
+        let renew = lease > 1 && self.tokens.saturating_mul(RENEW_WHEN) <= lease;
+        if renew && !self.over {
+            return Take::Ask(self.ask(account, lease, rule, now_ms));
+        }
+        if let Some(window) = self.spend(account) {
+            return Take::Admit(window);
         }
         if self.over {
             return Take::Refuse(account.window(0, false));
         }
+        Take::Ask(self.ask(account, lease, rule, now_ms))
+    }
+
+    fn ask(&mut self, account: &Account, lease: u64, rule: &LeaseRule, now_ms: u64) -> Ask {
         // One lease in flight per replica: others ask for one hit.
-        let lease = if now_ms < self.asking_until_ms {
-            1
-        } else {
-            rule.size(self.known)
-        };
         if lease > 1 {
             self.asking_until_ms = now_ms.saturating_add(rule.ask_ms);
         }
-        let owed = std::mem::take(&mut self.owed);
-        Take::Ask(Ask {
+        Ask {
             account: *account,
             lease,
-            owed,
-        })
+            owed: std::mem::take(&mut self.owed),
+        }
+    }
+
+    /// Admits a request from the hits held, if any.
+    fn spend(&mut self, account: &Account) -> Option<Window> {
+        if self.tokens == 0 {
+            return None;
+        }
+        self.tokens -= 1;
+        self.spent = self.spent.saturating_add(1);
+        Some(account.window(self.estimate(), true))
     }
 
     /// The service counted the ask and had `remaining` left after it: the
@@ -205,35 +222,42 @@ impl Lease {
         ask.account.window(self.estimate(), true)
     }
 
-    /// The service counted the ask over the limit: the window is spent.
+    /// The service counted the ask over the limit: the window is spent, but
+    /// for the hits held (counted before), which admit this request first.
     pub fn refused(&mut self, ask: &Ask) -> Window {
         self.ask_over(ask);
         self.known = 0;
         self.spent = 0;
         self.over = true;
         self.outage_left = UNKNOWN;
-        ask.account.window(self.tokens, false)
+        self.spend(&ask.account)
+            .unwrap_or_else(|| ask.account.window(0, false))
     }
 
-    /// The service did not answer: admitted from this replica's share of
-    /// what was likely left (counted by the service on the next ask), or
-    /// refused.
-    pub fn failed(&mut self, ask: &Ask, rule: &LeaseRule) -> Window {
+    /// The service did not answer: the request is admitted from the hits
+    /// held, if any (None: none held).
+    pub fn unanswered(&mut self, ask: &Ask) -> Option<Window> {
         self.ask_over(ask);
         self.owed = self.owed.saturating_add(ask.owed);
+        self.spend(&ask.account)
+    }
+
+    /// Nothing held and the service not answering, under `failure_mode:
+    /// local`: admitted from this replica's share of what was likely left
+    /// (counted by the service on the next ask), or refused.
+    pub fn share_outage(&mut self, account: &Account, rule: &LeaseRule) -> Window {
         if self.over {
-            return ask.account.window(0, false);
+            return account.window(0, false);
         }
         if self.outage_left == UNKNOWN {
             self.outage_left = rule.outage_share(self);
         }
         if self.outage_left == 0 {
-            return ask.account.window(self.tokens, false);
+            return account.window(0, false);
         }
         self.outage_left -= 1;
         self.owed = self.owed.saturating_add(1);
-        ask.account
-            .window(self.outage_left.saturating_add(self.tokens), true)
+        account.window(self.outage_left, true)
     }
 
     fn ask_over(&mut self, ask: &Ask) {
@@ -340,6 +364,13 @@ mod tests {
         Lease::read(None, a)
     }
 
+    /// What the filter does when the service does not answer, under
+    /// `failure_mode: local`.
+    fn failed(l: &mut Lease, x: &Ask) -> Window {
+        l.unanswered(x)
+            .unwrap_or_else(|| l.share_outage(&x.account, &RULE))
+    }
+
     fn ask(take: Take) -> Ask {
         match take {
             Take::Ask(a) => a,
@@ -363,13 +394,22 @@ mod tests {
         assert_eq!(second.lease, 9_999 / 24);
         let w = l.granted(&second, 9_999 - 416);
         assert_eq!(w.remaining, 9_999 - 1, "what is left counts what is held");
-        for i in 1..416 {
+        // Spent from the lease until a quarter of the next one is left.
+        let next = rule.size(9_999 - 416);
+        let mut held = 415;
+        while held * 4 > next {
             match l.take(&a, &rule, 2) {
-                Take::Admit(w) => assert_eq!(w.remaining, 9_999 - 1 - i),
+                Take::Admit(w) => assert_eq!(w.remaining, 9_999 - 416 + held - 1),
                 other => panic!("{other:?}"),
             }
+            held -= 1;
         }
-        assert!(matches!(l.take(&a, &rule, 3), Take::Ask(_)));
+        let renewal = ask(l.take(&a, &rule, 3));
+        assert_eq!((renewal.lease, l.tokens), (next, held));
+        // Meanwhile the others spend what is held.
+        assert!(matches!(l.take(&a, &rule, 4), Take::Admit(_)));
+        l.granted(&renewal, 9_999 - 416 - next);
+        assert_eq!(l.tokens, held - 1 + next - 1);
     }
 
     #[test]
@@ -401,6 +441,32 @@ mod tests {
     }
 
     #[test]
+    fn hits_held_are_spent_when_the_service_refuses_or_fails() {
+        let a = account(10_000);
+        let mut l = fresh(&a);
+        let x = ask(l.take(&a, &RULE, 0));
+        l.granted(&x, 9_000);
+        let big = ask(l.take(&a, &RULE, 1));
+        l.granted(&big, 4_000);
+        l.tokens = 3;
+        let renewal = ask(l.take(&a, &RULE, 2));
+        assert!(l.refused(&renewal).allowed, "a hit held admits it");
+        assert_eq!(l.tokens, 2);
+        assert!(matches!(l.take(&a, &RULE, 3), Take::Admit(_)));
+        assert!(matches!(l.take(&a, &RULE, 3), Take::Admit(_)));
+        assert!(matches!(l.take(&a, &RULE, 3), Take::Refuse(_)));
+        let mut l = fresh(&a);
+        let x = ask(l.take(&a, &RULE, 0));
+        l.granted(&x, 9_000);
+        let big = ask(l.take(&a, &RULE, 1));
+        l.granted(&big, 4_000);
+        l.tokens = 1;
+        let renewal = ask(l.take(&a, &RULE, 2));
+        assert!(l.unanswered(&renewal).is_some());
+        assert_eq!(l.unanswered(&renewal), None, "none held");
+    }
+
+    #[test]
     fn a_refusal_spends_the_window_without_more_calls() {
         let a = account(40);
         let mut l = fresh(&a);
@@ -420,7 +486,7 @@ mod tests {
         let mut admitted = 0;
         for t in 1..=20 {
             let x = ask(l.take(&a, &RULE, t));
-            if l.failed(&x, &RULE).allowed {
+            if failed(&mut l, &x).allowed {
                 admitted += 1;
             }
         }
@@ -453,7 +519,7 @@ mod tests {
         // here besides the 274 tokens held.
         l.tokens = 0;
         let y = ask(l.take(&a, &rule, 3));
-        l.failed(&y, &rule);
+        failed(&mut l, &y);
         assert_eq!(l.outage_left, 7_800 / 3 - 1);
     }
 
@@ -462,10 +528,10 @@ mod tests {
         let a = account(40);
         let mut l = fresh(&a);
         let x = ask(l.take(&a, &RULE, 0));
-        l.failed(&x, &RULE);
+        failed(&mut l, &x);
         let y = ask(l.take(&a, &RULE, 1));
         assert_eq!(y.owed, 1);
-        l.failed(&y, &RULE);
+        failed(&mut l, &y);
         assert_eq!(l.owed, 2);
     }
 
@@ -476,7 +542,7 @@ mod tests {
         let admitted = (0..20)
             .filter(|t| {
                 let x = ask(l.take(&a, &RULE, *t));
-                l.failed(&x, &RULE).allowed
+                failed(&mut l, &x).allowed
             })
             .count();
         assert_eq!(admitted, 13);

@@ -1210,8 +1210,9 @@ fn global_mode_leases_hits_with_the_keys_limit_and_spends_them_without_calls() {
     s.borrow_mut().on_response_headers(&rig.host);
     rig.host
         .assert_response_header(id, "x-ratelimit-remaining", "898");
-    // The next 99 are admitted from the lease, with no call.
-    for left in (799..898).rev() {
+    // The next are admitted from the lease, with no call, until a quarter
+    // of the next lease (99: 799 heard left) is left.
+    for left in (799 + 24..898).rev() {
         let (id, s, flow) = rig.bearer(EXP_SEARCH);
         assert_eq!(flow, Flow::Continue);
         rig.host.ctx.set(id);
@@ -1220,9 +1221,14 @@ fn global_mode_leases_hits_with_the_keys_limit_and_spends_them_without_calls() {
             .assert_response_header(id, "x-ratelimit-remaining", &left.to_string());
     }
     assert_eq!(rig.host.count_of(Counter::RateLimitCall), 2);
-    assert_eq!(rig.host.count_of(Counter::RateLimitLeased), 99);
+    assert_eq!(rig.host.count_of(Counter::RateLimitLeased), 75);
+    let (id, s, flow) = rig.bearer(EXP_SEARCH);
+    rig.remember(id, &s);
+    assert_eq!(flow, Flow::Pause, "renewed ahead");
+    let (_, _, hits) = rls_reply::read_hits(&rig.host.charges_sent.borrow()[2].2);
+    assert_eq!(hits, 99);
     let (_, _, flow) = rig.bearer(EXP_SEARCH);
-    assert_eq!(flow, Flow::Pause, "the lease is spent: ask again");
+    assert_eq!(flow, Flow::Continue, "the others spend what is held");
     assert_eq!(rig.host.count_of(Counter::RateLimitCall), 3);
     rig.assert_no_key_anywhere();
 }

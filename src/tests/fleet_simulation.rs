@@ -110,7 +110,9 @@ fn simulate(run: &Run, rule: &LeaseRule) -> Tally {
         for f in due {
             let lease = &mut leases[f.replica];
             let window = if down(t) {
-                lease.failed(&f.ask, rule)
+                lease
+                    .unanswered(&f.ask)
+                    .unwrap_or_else(|| lease.share_outage(&f.ask.account, rule))
             } else {
                 count += f.ask.hits();
                 tally.hits_counted += f.ask.hits();
