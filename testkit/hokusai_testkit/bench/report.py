@@ -89,6 +89,15 @@ def targets(summary: dict, bursts: list[dict], sizes: dict, a) -> list[tuple[str
     v = summary.get("native_hit_rl", {}).get("cpu_d_native_hit")
     check("native: rate limit on ≤ +3 µs Envoy CPU/request over the native cache hit", v,
           v is not None and v <= 3, f"{fmt(v, '+.1f')} µs")
+    for build, grl, rl in (("", "hit_grl", "hit_rl"), ("native: ", "native_hit_grl", "native_hit_rl")):
+        g = summary.get(grl, {})
+        v = g.get(f"cpu_d_{rl}")
+        check(f"{build}global rate limit ≤ +10 µs Envoy CPU/request over the local one", v,
+              v is not None and v <= 10, f"{fmt(v, '+.1f')} µs ({fmt(g.get('ratelimit_calls_per_req'), '.3f')} "
+              "calls/request)")
+        v = g.get(f"c1_p99_d_{rl}")
+        check(f"{build}global rate limit 1-connection p99 ≤ +1 ms over the local one", v,
+              v is not None and v <= 1000, f"{fmt(v, '+.0f')} µs")
     v = summary.get("hit_id", {}).get("cpu_d_hit")
     check("identity assertion on ≤ +2 µs Envoy CPU/request over the cache hit", v, v is not None and v <= 2,
           f"{fmt(v, '+.1f')} µs")

@@ -28,8 +28,11 @@ def summarize(results: list[dict], all_rows: list[Row]) -> dict:
               "callouts_per_req", "vmhwm_kb",
               "c1_p50_us", "c1_p99_us")}
         s["rounds"] = len(mine)
+        calls = [m["filter_counters"].get("ratelimit.call", 0) / m["requests"] for m in mine
+                 if m.get("filter_counters") and m.get("requests")]
+        s["ratelimit_calls_per_req"] = med(calls) if calls else None
         for base in ("none", "noop", "api_key_auth", "api_key_auth_like", "hit", "native_hit", "miss",
-                     "native_miss"):
+                     "native_miss", "hit_rl", "native_hit_rl"):
             rps_x, cpu_x, cpu_d, p99_d, c1_d = [], [], [], [], []
             for rr in by_round.values():
                 if row.name in rr and base in rr:
