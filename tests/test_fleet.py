@@ -69,9 +69,9 @@ def limit_config(mode, replicas, failure_mode="local", timeout_ms=TIMEOUT_MS, **
 def replicas(start_envoy, rls):
     """n Envoys with the same plugin config (which says there are n),
     sharing the key service and the rate limit service."""
-    def start(mode, n=3, port=None, **kw):
+    def start(mode, n=3, port=None, concurrency=2, **kw):
         cfg = limit_config(mode, n, **kw)
-        return [start_envoy(cfg, ratelimit_port=port or rls.port) for _ in range(n)]
+        return [start_envoy(cfg, ratelimit_port=port or rls.port, concurrency=concurrency) for _ in range(n)]
     return start
 
 
@@ -127,11 +127,14 @@ def test_three_replicas_share_one_limit_in_global_mode(replicas, keys):
     assert_healthy(envoys)
 
 
-def test_a_busy_key_is_counted_in_leases_and_still_exactly(replicas, keys):
+@pytest.mark.parametrize("workers", [2, 8])
+def test_a_busy_key_is_counted_in_leases_and_still_exactly(replicas, keys, workers):
     """600 an hour over three replicas: leases of many hits, a call for
-    far fewer than one request in two, and still exactly 600."""
+    far fewer than one request in two, and still exactly 600; each request
+    on a connection of its own, so the workers of a replica share its
+    leases."""
     away_from_the_hour_boundary()
-    envoys = replicas("global")
+    envoys = replicas("global", concurrency=workers)
     key = keys.new(rate_limit_per_hour=600)
     answers = spread(envoys, key, 700)
     statuses = [r.status_code for r in answers]
@@ -145,7 +148,7 @@ def test_a_busy_key_is_counted_in_leases_and_still_exactly(replicas, keys):
     for i in range(3):
         seen = [remaining(r) for r in answers[i:600:3]]
         assert all(a > b for a, b in zip(seen, seen[1:])), seen
-    print(f"600 an hour: {calls} calls, {leased} admitted from leases")
+    print(f"600 an hour, {workers} workers: {calls} calls, {leased} admitted from leases")
     assert_healthy(envoys)
 
 

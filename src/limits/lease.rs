@@ -26,7 +26,7 @@ const UNKNOWN: u64 = u64::MAX;
 /// heard was left: small leases near the end keep the fleet's loss small.
 const SHARE_DIVISOR: u64 = 8;
 const WORDS: usize = 10;
-/// A lease is renewed when this many times what is held is at most one.
+/// A lease is renewed once what is held is at most 1/RENEW_WHEN of the next.
 const RENEW_WHEN: u64 = 4;
 
 /// How large a lease a replica takes, and its share in an outage.
@@ -108,7 +108,7 @@ impl Account {
     }
 
     fn reset_at(&self) -> u64 {
-        window_end(self.window * WINDOW_SECONDS)
+        window_end(self.window.saturating_mul(WINDOW_SECONDS))
     }
 
     fn window(&self, remaining: u64, allowed: bool) -> Window {
@@ -214,7 +214,7 @@ impl Lease {
     /// request is admitted, the rest of the lease kept.
     pub fn granted(&mut self, ask: &Ask, remaining: u64) -> Window {
         self.ask_over(ask);
-        self.tokens = self.tokens.saturating_add(ask.lease - 1);
+        self.tokens = self.tokens.saturating_add(ask.lease.saturating_sub(1));
         self.known = remaining;
         self.spent = 0;
         self.over = false;
