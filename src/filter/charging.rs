@@ -16,6 +16,7 @@ use crate::observability::metrics::Counter;
 use crate::outcome::denial::Denial;
 use crate::types::GrpcCall;
 use crate::verdict::key_service::Identity;
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// gRPC status OK.
@@ -51,9 +52,8 @@ impl Stream {
             return Decided::Now(Ok(id));
         };
         let per_hour = id.rate_limit_per_hour.unwrap_or(limit.default_per_hour);
-        let owner = self.owner(&id);
         let now_s = self.now_ms / 1000;
-        let account = Account::new(&limit.scope, owner.as_bytes(), per_hour, now_s);
+        let account = Account::new(&limit.scope, self.owner(&id).as_bytes(), per_hour, now_s);
         let now_ms = self.now_ms;
         let taken = worker.leases.update(host, &account, |l: &mut Lease| {
             l.take(&account, &global.lease, now_ms)
@@ -76,9 +76,9 @@ impl Stream {
             },
         };
         Decided::Charge(Charge {
+            owner: self.owner(&id).into_owned(),
             id,
             per_hour,
-            owner,
             ask,
         })
     }
@@ -181,12 +181,15 @@ impl Stream {
         token
     }
 
-    /// Whom the service charges: the `key_id`, else a short hash of the key.
-    fn owner(&self, id: &Identity) -> String {
+    /// Whom the service charges: the `key_id`, else a short hash of the key
+    /// (borrowed where it can be: a request spent from a lease needs no copy).
+    fn owner<'a>(&self, id: &'a Identity) -> Cow<'a, str> {
         match (&id.key_id, &self.digest) {
-            (Some(k), _) => k.clone(),
-            (None, Some(d)) => hex::encode(d.get(..OWNER_HASH_BYTES).unwrap_or_default()),
-            (None, None) => String::new(),
+            (Some(k), _) => Cow::Borrowed(k),
+            (None, Some(d)) => {
+                Cow::Owned(hex::encode(d.get(..OWNER_HASH_BYTES).unwrap_or_default()))
+            }
+            (None, None) => Cow::Borrowed(""),
         }
     }
 
