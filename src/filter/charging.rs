@@ -75,12 +75,7 @@ impl Stream {
                 owed: 0,
             },
         };
-        Decided::Charge(Charge {
-            owner: self.owner(&id).into_owned(),
-            id,
-            per_hour,
-            ask,
-        })
+        Decided::Charge(Charge { id, ask })
     }
 
     /// Asks the rate limit service to charge this request, from this
@@ -159,8 +154,8 @@ impl Stream {
         let message = global::request(
             &global.domain,
             &limit.scope,
-            &charge.owner,
-            charge.per_hour,
+            &self.owner(&charge.id),
+            charge.ask.account.limit(),
             charge.ask.hits(),
         );
         host.count(Counter::RateLimitCall);
@@ -223,7 +218,7 @@ impl Stream {
         let now_s = self.now_ms / 1000;
         let answer = reply
             .as_deref()
-            .and_then(|body| global::answer(body, charge.per_hour, now_s));
+            .and_then(|body| global::answer(body, charge.ask.account.limit(), now_s));
         let leases = &self.worker.leases;
         let ask = charge.ask;
         let outcome = match answer {

@@ -154,12 +154,10 @@ enum Decided {
 
 type Outcome = Result<Rc<Identity>, Denial>;
 
-/// A request the rate limit service is to count, with the lease asked for.
+/// A request the rate limit service is to count, with the lease asked for
+/// (its account holds the key's limit).
 struct Charge {
     id: Rc<Identity>,
-    per_hour: u64,
-    /// Whom the service counts: the `key_id`, else a short hash of the key.
-    owner: String,
     ask: Ask,
 }
 

@@ -107,6 +107,11 @@ impl Account {
         }
     }
 
+    /// The key's limit per hour.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     fn reset_at(&self) -> u64 {
         window_end(self.window.saturating_mul(WINDOW_SECONDS))
     }
